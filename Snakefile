@@ -1,0 +1,25 @@
+# advsoup: adversarial co-training with adapters and adversarial model soups.
+#
+#   snakemake --workflow-profile workflow/profiles/local --configfile params/experiments/demo.yaml
+#
+# The config is params/defaults.yaml <- the --configfile experiment file(s)
+# (default: params/experiments/demo.yaml)
+# <- `--config section={key: value}` overrides, validated by src/advsoup/config.py
+# before any job runs. Every compute rule calls `advsoup <stage>`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/soups.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.figures.output,

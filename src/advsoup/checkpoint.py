@@ -1,0 +1,110 @@
+"""Checkpoints as safetensors plus JSON metadata: loading never unpickles anything.
+
+Model weights: ``model.safetensors`` + ``model.json`` (what the network is).
+Training state (for resuming): ``state.safetensors`` (model, optimizer moments,
+RNG) + ``state.json`` (epoch, step, scheduler, config digest). Both are
+written to a temporary file and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_path, write_json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what advsoup writes."""
+
+
+def save_tensors(path: Path, tensors: Dict[str, torch.Tensor], meta: Optional[Dict[str, str]] = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_tensors(path: Path) -> Dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise CheckpointError(f"'{path}' is a pickle/zip (torch.save) file; advsoup loads safetensors only "
+                              "and never unpickles: re-export the weights with safetensors.torch.save_file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' is not a valid safetensors file ({exc}); it may be truncated or "
+                              "tampered with: restore it with `dvc checkout` or retrain") from None
+
+
+def save_model(run_dir: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> None:
+    save_tensors(run_dir / "model.safetensors", model.state_dict())
+    write_json(run_dir / "model.json", meta)
+
+
+def load_model_meta(run_dir: Path) -> Dict[str, Any]:
+    path = run_dir / "model.json"
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' is missing: train the run first (advsoup train)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{path}' is not valid JSON ({exc})") from None
+
+
+def load_weights(run_dir: Path, model: torch.nn.Module) -> None:
+    tensors = load_tensors(run_dir / "model.safetensors")
+    own = model.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise CheckpointError(f"'{run_dir / 'model.safetensors'}' does not match the model described by "
+                              f"'{run_dir / 'model.json'}' (different keys or shapes)")
+    model.load_state_dict(tensors)
+
+
+# ---- training state -------------------------------------------------------------------------
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            tensors[f"optim.{idx}.{name}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               progress: Dict[str, Any], rng: Dict[str, torch.Tensor]) -> None:
+    """Everything needed to resume: json is written last, so it names a complete state."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    save_tensors(run_dir / "state.safetensors", tensors)
+    write_json(run_dir / "state.json", {**progress, "optimizer": opt_meta})
+
+
+def load_state(run_dir: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any],
+                                                Dict[str, torch.Tensor]]]:
+    """(progress, model state, optimizer state dict, rng) or None when there is nothing to resume."""
+    meta_path = run_dir / "state.json"
+    if not meta_path.is_file() or not (run_dir / "state.safetensors").is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    tensors = load_tensors(run_dir / "state.safetensors")
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return meta, model, _unflatten_optimizer(tensors, meta.pop("optimizer")), rng

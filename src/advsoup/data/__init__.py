@@ -1,0 +1,1 @@
+"""Datasets: raw sources, the prepared arrays and their loading."""

@@ -1,0 +1,103 @@
+"""The prepared dataset: uint8 arrays as .npy plus a manifest with sha256 hashes.
+
+``prepare`` is the first DAG stage; every later stage calls ``load_split``,
+which checks the hashes so that a corrupted or swapped file is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_dir, write_json
+from ..config import DataConfig
+from .sources import DATASETS, load_raw
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(data: DataConfig, out_dir: Path) -> Dict:
+    """Read the raw dataset and write out_dir/{split}_{images,labels}.npy + manifest.json."""
+    arrays = load_raw(data.name, data.source_dir, data.download, Path(data.prepared_dir) / "downloads")
+    classes = DATASETS[data.name]
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(x) != len(y):
+            raise ValueError(f"{data.source_dir}: {split} has {len(x)} images but {len(y)} labels")
+        if y.max() >= len(classes):
+            raise ValueError(f"{data.source_dir}: {split} label {y.max()} beyond the {len(classes)} classes")
+    manifest = {"dataset": data.name, "source_dir": data.source_dir, "classes": list(classes), "files": {}}
+    with atomic_dir(out_dir) as tmp:
+        for key, arr in arrays.items():
+            if key.endswith("_images") and arr.ndim == 3:
+                arr = arr[:, None]  # N, C, H, W
+            np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+            manifest["files"][f"{key}.npy"] = {
+                "sha256": sha256(tmp / f"{key}.npy"), "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        for split in ("train", "test"):
+            manifest[f"{split}_class_counts"] = np.bincount(
+                arrays[f"{split}_labels"], minlength=len(classes)).tolist()
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # N, C, H, W uint8
+    labels: np.ndarray  # N int64
+    classes: tuple
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images as float in [0, 1] and labels as int64 (attacks work in this space)."""
+        return (torch.from_numpy(self.images).float().div_(255.0),
+                torch.from_numpy(self.labels.astype(np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset; the same for every run (fixed seed).
+
+    Round-robin over classes in a fixed shuffle, so that the first N of the
+    order hold each class equally (up to one).
+    """
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
+    return np.sort(np.asarray(order[:size], dtype=np.int64))
+
+
+def load_split(prepared: Path, split: str, size: int = 0) -> Split:
+    """Load a prepared split, verifying the manifest's hashes; size>0 takes a balanced subset."""
+    mpath = prepared / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"no prepared data at '{prepared}' (missing {MANIFEST}); "
+                                f"run `advsoup prepare --config <experiment>` first")
+    manifest = json.loads(mpath.read_text())
+    out = {}
+    for key in (f"{split}_images", f"{split}_labels"):
+        path = prepared / f"{key}.npy"
+        expected = manifest["files"][path.name]["sha256"]
+        if not path.is_file() or sha256(path) != expected:
+            raise ValueError(f"{path} is missing or does not match the sha256 in {mpath}; "
+                             f"re-run `advsoup prepare` (or `dvc checkout`) to restore it")
+        out[key] = np.load(path, allow_pickle=False)
+    images, labels = out[f"{split}_images"], out[f"{split}_labels"]
+    if size and size < len(labels):
+        idx = balanced_subset(labels, size)
+        images, labels = images[idx], labels[idx]
+    return Split(images, labels.astype(np.int64), tuple(manifest["classes"]))

@@ -1,0 +1,116 @@
+"""Clean and robust accuracy of a trained run, at any soup weight.
+
+Clean accuracy runs under ``torch.inference_mode`` in large batches; robust
+accuracy attacks the model at the very weight it reports (PGD through
+``model(., w)``), on the first ``evaluate.robust_subset`` test images. Every
+robust number is stored with the attack that produced it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from .atomic import write_json
+from .attacks import pgd
+from .config import DataConfig, EvaluateConfig, ModelConfig, RunConfig
+from .data.prepared import load_split
+from .logs import progress, setup_logging
+from .models import build_model
+from .models.adapters import AdaptedModel
+from .runtime import runtime_from_env
+
+
+@dataclass
+class EvalJob:
+    run_id: str
+    run: RunConfig
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    evaluate: EvaluateConfig
+    prepared: Path
+    run_dir: Path
+    out_file: Path
+    soup_weights: Optional[List[float]] = None  # None: clean and robust mode only
+
+
+def load_run(run_dir: Path, model_cfg: ModelConfig, device: torch.device) -> AdaptedModel:
+    meta = ckpt.load_model_meta(run_dir)
+    model = build_model(model_cfg, meta["family"], meta["adapter"])
+    ckpt.load_weights(run_dir, model)
+    return model.to(device).eval()
+
+
+def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
+    """What a robust number was measured with: written beside every such number."""
+    a = ev.attack
+    return {"name": f"PGD-{a.steps}", "norm": a.norm, "eps": a.eps, "steps": a.steps,
+            "step_size": a.step_size, "restarts": a.restarts, "random_start": a.random_start,
+            "subset": n_robust}
+
+
+@torch.no_grad()
+def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, batch_size: int,
+                   device: torch.device) -> float:
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            correct += int((model(xb, w).argmax(1) == yb).sum())
+    return correct / len(y)
+
+
+def robust_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
+                    device: torch.device, seed: int = 0, desc: str = "PGD") -> float:
+    correct = 0
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)  # the same random starts for every weight and run
+    for i in progress(range(0, len(y), ev.batch_size), desc=desc, total=-(-len(y) // ev.batch_size)):
+        xb, yb = x[i:i + ev.batch_size].to(device), y[i:i + ev.batch_size].to(device)
+        x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen)
+        with torch.no_grad():
+            correct += int((model(x_adv, w).argmax(1) == yb).sum())
+    return correct / len(y)
+
+
+def accuracies(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
+               ev: EvaluateConfig, device: torch.device, log=None) -> List[Dict[str, float]]:
+    """Clean accuracy on all of x and robust accuracy on the subset, per soup weight.
+
+    One model serves every weight: the weight is an argument of the forward pass.
+    """
+    n_rob = ev.robust_subset or len(y)
+    rows = []
+    for w in weights:
+        clean = clean_accuracy(model, x, y, w, ev.batch_size * 4, device)
+        robust = robust_accuracy(model, x[:n_rob], y[:n_rob], w, ev, device, desc=f"PGD at w={w:.2f}")
+        rows.append({"w": float(w), "clean_acc": round(clean, 5), "robust_acc": round(robust, 5)})
+        if log:
+            log.info("w=%.2f clean %.2f%% robust %.2f%%", w, 100 * clean, 100 * robust)
+    return rows
+
+
+def run_evaluation(job: EvalJob) -> Dict[str, Any]:
+    rt = runtime_from_env(job.evaluate.threads)
+    log = setup_logging(job.out_file.with_suffix(".log"))
+    model = load_run(job.run_dir, job.model, rt.device)
+    x, y = load_split(job.prepared, "test", job.data.test_size).tensors()
+    n_rob = job.evaluate.robust_subset or len(y)
+    n_rob = min(n_rob, len(y))
+    base = {"run": job.run_id, **asdict(job.run), "seed": job.seed,
+            "domain_parameters": model.num_domain_parameters(), "test_images": len(y),
+            "attack": attack_record(job.evaluate, n_rob)}
+    if job.soup_weights is None:
+        # Without an adapter both modes are the same network: measure it once.
+        weights = [0.0] if job.run.adapter == "none" else [0.0, 1.0]
+        rows = accuracies(model, x, y, weights, job.evaluate, rt.device, log)
+        out = {**base, "clean_mode": rows[0], "robust_mode": {**rows[-1], "w": 1.0}}
+    else:
+        out = {**base, "soup": accuracies(model, x, y, job.soup_weights, job.evaluate, rt.device, log)}
+    write_json(job.out_file, out)
+    log.info("wrote %s", job.out_file)
+    return out

@@ -1,0 +1,212 @@
+"""Training: nominal, adversarial-only, and co-training with an adapter.
+
+Co-training (the paper's recipe; the loss weights are an assumption, see
+params/defaults.yaml): adversarial examples are made by PGD through the
+adversarial adapter (soup weight 1), then ONE forward pass carries the clean
+half at weight 0 and the adversarial half at weight 1:
+
+    L = w_clean * CE(f(x; clean adapter), y) + w_adv * CE(f(x + delta; adv adapter), y)
+
+Resumable: the training state is saved atomically every ``checkpoint_every``
+steps and at the end of every epoch; data order and attack noise derive from
+(seed, epoch, step), so a resumed run computes what an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+
+from . import checkpoint as ckpt
+from .atomic import write_text
+from .attacks import pgd
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
+from .data.prepared import load_split
+from .logs import progress, setup_logging
+from .models import build_model
+from .models.adapters import AdaptedModel
+from .runtime import Runtime, runtime_from_env
+
+
+@dataclass
+class TrainJob:
+    run_id: str
+    run: RunConfig
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    prepared: Path
+    run_dir: Path
+
+    def sub_config(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["prepared"], d["run_dir"] = str(self.prepared), str(self.run_dir)
+        return d
+
+
+def _param_groups(model: AdaptedModel, weight_decay: float) -> List[Dict[str, Any]]:
+    # No decay on norms, biases, tokens and position embeddings (timm/DeiT convention).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or "token" in name or "pos_embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _loss(job: TrainJob, model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
+          gen: torch.Generator) -> tuple[torch.Tensor, Dict[str, float]]:
+    t = job.train
+    training = job.run.training
+    if training == "nominal":
+        logits = model(x, 0.0)
+        loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
+        return loss, {"loss": loss.item(), "clean_acc": (logits.argmax(1) == y).float().mean().item()}
+    x_adv = pgd(model, x, y, t.attack, w=1.0, generator=gen)
+    if training == "adversarial":
+        logits = model(x_adv, 1.0)
+        loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
+        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item()}
+    b = len(x)
+    w = torch.cat([torch.zeros(b, device=x.device), torch.ones(b, device=x.device)])
+    logits = model(torch.cat([x, x_adv]), w)
+    lc = F.cross_entropy(logits[:b], y, label_smoothing=t.label_smoothing)
+    la = F.cross_entropy(logits[b:], y, label_smoothing=t.label_smoothing)
+    loss = t.clean_loss_weight * lc + t.adv_loss_weight * la
+    return loss, {"loss": loss.item(), "clean_acc": (logits[:b].argmax(1) == y).float().mean().item(),
+                  "adv_acc": (logits[b:].argmax(1) == y).float().mean().item()}
+
+
+def _csv(rows: List[Dict[str, Any]]) -> str:
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k != "epoch", k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def train(job: TrainJob, rt: Optional[Runtime] = None,
+          stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+    """Train one run into job.run_dir; resumes from its training state if one matches.
+
+    ``stop_after_steps`` ends the call early (as a preemption would), for tests.
+    """
+    rt = rt or runtime_from_env(job.train.threads)
+    run_dir = job.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = setup_logging(run_dir / "train.log" if rt.is_main else None)
+    write_text(run_dir / "config.yaml", to_yaml(job.sub_config()))
+    t = job.train
+
+    split = load_split(job.prepared, "train", job.data.train_size)
+    images, labels = split.tensors()
+    n = len(labels)
+    per_rank = t.batch_size // rt.world_size
+    if per_rank * rt.world_size != t.batch_size:
+        raise ValueError(f"train.batch_size={t.batch_size} must divide evenly over {rt.world_size} processes")
+    steps_per_epoch = n // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={t.batch_size} exceeds the {n} training images (data.train_size)")
+    total_steps = steps_per_epoch * t.epochs
+
+    torch.manual_seed(job.seed)
+    model = build_model(job.model, job.run.family, job.run.adapter).to(rt.device)
+    opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=t.min_lr,
+                              warmup_t=int(t.warmup_epochs * steps_per_epoch), warmup_lr_init=t.lr * 1e-3,
+                              t_in_epochs=False)
+
+    key = digest({k: v for k, v in job.sub_config().items() if k not in ("run_dir", "prepared")})
+    start_step, history = 0, []
+    state = ckpt.load_state(run_dir)
+    if state is not None:
+        progress_meta, model_sd, opt_sd, rng = state
+        if progress_meta.get("config") != key:
+            log.warning("training state in %s was made with another config: starting afresh", run_dir)
+        else:
+            model.load_state_dict(model_sd)
+            opt.load_state_dict(opt_sd)
+            torch.set_rng_state(rng["cpu"])
+            start_step, history = progress_meta["step"], progress_meta["history"]
+            log.info("resuming %s at step %d/%d", job.run_id, start_step, total_steps)
+
+    log.info("run %s: %s training, adapter %s, %s; %d images, %d steps of %d, %d domain-specific parameters",
+             job.run_id, job.run.training, job.run.adapter, job.run.family, n, total_steps, t.batch_size,
+             model.num_domain_parameters())
+
+    def save(step: int) -> None:
+        if rt.is_main:
+            ckpt.save_state(run_dir, model, opt, {"step": step, "config": key, "history": history},
+                            {"cpu": torch.get_rng_state()})
+
+    step = start_step
+    sums: Dict[str, float] = {}
+    while step < total_steps:
+        epoch, first = divmod(step, steps_per_epoch)
+        order = epoch_order(n, job.seed, epoch)
+        model.train()
+        t0, seen = time.time(), 0
+        bar = progress(range(first, steps_per_epoch), desc=f"{job.run_id} epoch {epoch + 1}/{t.epochs}",
+                       total=steps_per_epoch - first)
+        if first == 0:
+            sums = {}
+        for i in bar:
+            idx = order[i * t.batch_size:(i + 1) * t.batch_size][rt.rank * per_rank:(rt.rank + 1) * per_rank]
+            x, y = images[idx].to(rt.device), labels[idx].to(rt.device)
+            sched.step_update(step)
+            loss, stats = _loss(job, model, x, y, _step_generator(job.seed, epoch, i, rt.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            rt.sync_gradients(model)
+            opt.step()
+            step += 1
+            seen += len(x) * rt.world_size
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["_n"] = sums.get("_n", 0) + 1
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"loss is {stats['loss']} at step {step}: lower train.lr")
+            if (i + 1) % t.log_every == 0:
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch + 1, i + 1, steps_per_epoch,
+                         stats["loss"], opt.param_groups[0]["lr"])
+            if stop_after_steps is not None and step - start_step >= stop_after_steps:
+                save(step)
+                return {"stopped_at": step}
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                save(step)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2),
+               "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
+        row.update({f"train_{k}": round(v / sums["_n"], 5) for k, v in sums.items() if k != "_n"})
+        history.append(row)
+        log.info("epoch %d done: %s", epoch + 1, row)
+        save(step)
+
+    if rt.is_main:
+        write_text(run_dir / "train_log.csv", _csv(history))
+        ckpt.save_model(run_dir, model, {
+            "run_id": job.run_id, "family": job.run.family, "adapter": job.run.adapter,
+            "training": job.run.training, "seed": job.seed, "model": asdict(job.model),
+            "domain_parameters": model.num_domain_parameters(), "steps": total_steps,
+            "epochs": t.epochs, "train_images": n, "config": key})
+        log.info("wrote %s", run_dir / "model.safetensors")
+    return {"history": history}
+

@@ -1,0 +1,14 @@
+rule evaluate:
+    input:
+        data=rules.prepare.output.prepared,
+        weights=rules.train.output.weights,
+        meta=rules.train.output.meta,
+    output:
+        metrics=PATHS.eval_file("{run}"),
+    params:
+        cfg=sub_config("evaluate"),
+    threads: CFG.launcher.evaluate.cpus
+    log:
+        LOGS / "evaluate-{run}.log",
+    shell:
+        advsoup("evaluate", run=True)

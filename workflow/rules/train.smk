@@ -1,0 +1,16 @@
+rule train:
+    input:
+        data=rules.prepare.output.prepared,
+    output:
+        weights=PATHS.run_dir("{run}") / "model.safetensors",
+        meta=PATHS.run_dir("{run}") / "model.json",
+        history=PATHS.run_dir("{run}") / "train_log.csv",
+    params:
+        cfg=sub_config("train"),
+    threads: CFG.launcher.train.cpus
+    resources:
+        mem_mb=int(CFG.launcher.train.mem_gb * 1024),
+    log:
+        LOGS / "train-{run}.log",
+    shell:
+        advsoup("train", run=True)
