@@ -69,15 +69,18 @@ pid_alive() { # pidfile expected-comm
   local pid
   [ -s "$1" ] || return 1
   pid="$(tr -dc '0-9' <"$1")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] \
+    && ! is_zombie "$pid"
 }
+# An exited daemon stays a zombie until PID 1 reaps it (slowly, in containers).
+is_zombie() { [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" = Z ]; }
 
 stop_pid() { # pidfile comm (used when the generated config changed)
   local pid i
   pid_alive "$1" "$2" || return 0
   pid="$(tr -dc '0-9' <"$1")"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for i in $(seq 1 100); do { kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid"; } || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
 
@@ -265,7 +268,7 @@ if ! munge_ok; then
   if ! pid_alive /run/munge/munged.pid munged; then
     log "starting munged"
     rm -f /run/munge/munged.pid
-    runuser -u munge -- /usr/sbin/munged </dev/null >"$LOG/munged.out" 2>&1 \
+    runuser -u munge -- /usr/sbin/munged </dev/null >"$LOG/munged.out" 2>&1 9>&- \
       || die "munged failed to start" "$LOG/munged.out" /var/log/munge/munged.log
     wait_for 15 munge-pid test -s /run/munge/munged.pid || true
     if [ -s /run/munge/munged.pid ]; then cp /run/munge/munged.pid "$RUN/munged.pid"; fi  # ours, for stop.sh
@@ -285,7 +288,7 @@ if ! pid_alive "$DB/mysqld.pid" mariadbd || ! db_ok >/dev/null 2>&1; then
   fi
   if ! pid_alive "$DB/mysqld.pid" mariadbd; then
     log "starting mariadbd"
-    setsid /usr/sbin/mariadbd --defaults-file="$MYCNF" </dev/null >>"$LOG/mariadbd.out" 2>&1 &
+    setsid /usr/sbin/mariadbd --defaults-file="$MYCNF" </dev/null >>"$LOG/mariadbd.out" 2>&1 9>&- &
   fi
   wait_for 60 mariadb db_ok || die "MariaDB did not come up" "$DB/mysqld.err" "$LOG/mariadbd.out"
 fi
@@ -304,7 +307,7 @@ EOF
 dbd_ok() { timeout 5 sacctmgr -n -P list cluster format=cluster; }
 if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
   log "starting slurmdbd"
-  slurmdbd </dev/null >"$LOG/slurmdbd.out" 2>&1 || die "slurmdbd failed to start" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log"
+  slurmdbd </dev/null >"$LOG/slurmdbd.out" 2>&1 9>&- || die "slurmdbd failed to start" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log"
 fi
 wait_for 60 slurmdbd dbd_ok || die "slurmdbd does not answer" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log" "$DB/mysqld.err"
 if ! dbd_ok 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -315,11 +318,11 @@ fi
 # ------------------------------------------------------ slurmctld/slurmd ---
 if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
   log "starting slurmctld"
-  slurmctld </dev/null >"$LOG/slurmctld.out" 2>&1 || die "slurmctld failed to start" "$LOG/slurmctld.out" "$LOG/slurmctld.log"
+  slurmctld </dev/null >"$LOG/slurmctld.out" 2>&1 9>&- || die "slurmctld failed to start" "$LOG/slurmctld.out" "$LOG/slurmctld.log"
 fi
 if ! pid_alive "$RUN/slurmd.pid" slurmd; then
   log "starting slurmd"
-  slurmd -N "$NODE" </dev/null >"$LOG/slurmd.out" 2>&1 || die "slurmd failed to start" "$LOG/slurmd.out" "$LOG/slurmd.log"
+  slurmd -N "$NODE" </dev/null >"$LOG/slurmd.out" 2>&1 9>&- || die "slurmd failed to start" "$LOG/slurmd.out" "$LOG/slurmd.log"
 fi
 
 # ------------------------------------------------------------- readiness ---

@@ -42,8 +42,13 @@ pid_of() { # pidfile expected-comm -> prints pid if that process is alive
   local pid
   [ -s "$1" ] || return 1
   pid="$(tr -dc '0-9' <"$1")"
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && echo "$pid"
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && ! is_zombie "$pid" && echo "$pid"
 }
+
+# An exited daemon stays a zombie until PID 1 reaps it (slowly, in containers
+# whose init is not a real init): count that as gone.
+is_zombie() { [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" = Z ]; }
+alive() { kill -0 "$1" 2>/dev/null && ! is_zombie "$1"; }
 
 stop_daemon() { # name pidfile
   local name="$1" pidfile="$2" pid i
@@ -54,7 +59,7 @@ stop_daemon() { # name pidfile
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for i in $(seq 1 150); do   # up to 15 s
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }
+    alive "$pid" || { rm -f "$pidfile"; return 0; }
     sleep 0.1
   done
   log "$name did not exit after SIGTERM; sending SIGKILL"

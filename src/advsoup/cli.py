@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .config import Config, ConfigError, Paths, load_config, run_ids, soup_run_ids, split_run_id
+
+OVERRIDES_ENV = "ADVSOUP_OVERRIDES"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +59,8 @@ def _cmd_train(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .train import TrainJob, train
 
     _, run, seed = split_run_id(cfg, args.run)
-    job = TrainJob(args.run, run, seed, cfg.data, cfg.model, cfg.train, paths.prepared, paths.run_dir(args.run))
+    job = TrainJob(args.run, run, seed, cfg.data, cfg.model, cfg.train, paths.prepared, paths.run_dir(args.run),
+                   paths.history_file(args.run))
     _submit(cfg, paths, train, job, cfg.launcher.train, f"train-{args.run}")
 
 
@@ -113,10 +117,22 @@ COMMANDS = {
 }
 
 
+def env_overrides() -> List[str]:
+    """Overrides Snakemake passes to its jobs (see workflow/rules/common.smk), before the command line's."""
+    raw = os.environ.get(OVERRIDES_ENV, "")
+    try:
+        value = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"environment variable {OVERRIDES_ENV} must hold a JSON list of 'key=value' strings")
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = load_config(args.config or ["params/experiments/demo.yaml"], args.overrides)
+        cfg = load_config(args.config or ["params/experiments/demo.yaml"], env_overrides() + args.overrides)
         if getattr(args, "run", None):
             split_run_id(cfg, args.run)
         COMMANDS[args.stage](cfg, Paths(cfg), args)

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS_FILE = REPO_ROOT / "params" / "defaults.yaml"
+EXPERIMENTS_DIR = REPO_ROOT / "params" / "experiments"
 
 TRAININGS = ("nominal", "adversarial", "cotrain")
 ADAPTERS = ("none", "token", "layernorm", "bias", "head", "batchnorm")
@@ -312,6 +313,10 @@ class Paths:
 
     def metrics_dir(self, run_id: str) -> Path:
         return Path(self.cfg.results_dir) / "metrics" / self.cfg.experiment / run_id
+
+    def history_file(self, run_id: str) -> Path:
+        """Per-epoch training log: small, so it sits with the metrics in git."""
+        return self.metrics_dir(run_id) / "train_log.csv"
 
     def eval_file(self, run_id: str) -> Path:
         return self.metrics_dir(run_id) / "eval.json"

@@ -96,7 +96,8 @@ def accuracies(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: S
 
 def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
-    log = setup_logging(job.out_file.with_suffix(".log"))
+    # The log sits with the run (DVC cache), not with the metric files (git).
+    log = setup_logging(job.run_dir / f"{job.out_file.stem}.log")
     model = load_run(job.run_dir, job.model, rt.device)
     x, y = load_split(job.prepared, "test", job.data.test_size).tensors()
     n_rob = job.evaluate.robust_subset or len(y)

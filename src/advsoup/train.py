@@ -46,10 +46,12 @@ class TrainJob:
     train: TrainConfig
     prepared: Path
     run_dir: Path
+    history_file: Path
 
     def sub_config(self) -> Dict[str, Any]:
         d = asdict(self)
-        d["prepared"], d["run_dir"] = str(self.prepared), str(self.run_dir)
+        for k in ("prepared", "run_dir", "history_file"):
+            d[k] = str(d[k])
         return d
 
 
@@ -135,7 +137,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
                               warmup_t=int(t.warmup_epochs * steps_per_epoch), warmup_lr_init=t.lr * 1e-3,
                               t_in_epochs=False)
 
-    key = digest({k: v for k, v in job.sub_config().items() if k not in ("run_dir", "prepared")})
+    key = digest({k: v for k, v in job.sub_config().items() if k not in ("run_dir", "prepared", "history_file")})
     start_step, history = 0, []
     state = ckpt.load_state(run_dir)
     if state is not None:
@@ -201,7 +203,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
         save(step)
 
     if rt.is_main:
-        write_text(run_dir / "train_log.csv", _csv(history))
+        write_text(job.history_file, _csv(history))
         ckpt.save_model(run_dir, model, {
             "run_id": job.run_id, "family": job.run.family, "adapter": job.run.adapter,
             "training": job.run.training, "seed": job.seed, "model": asdict(job.model),

@@ -1,8 +1,11 @@
 # Config loading and the helpers the rules use; rules themselves stay declarative.
+import json
+import os
 import shlex
 
 from snakemake.exceptions import WorkflowError
 
+from advsoup.cli import OVERRIDES_ENV
 from advsoup.config import ConfigError, Paths, digest, dotlist, load_config, run_ids, soup_run_ids, stage_config
 
 # The experiment file(s) given with --configfile; the demo by default.
@@ -20,7 +23,10 @@ RUNS = run_ids(CFG)
 SOUP_RUNS = soup_run_ids(CFG)
 LOGS = PATHS.logs / CFG.experiment
 ADVSOUP = " ".join(["advsoup {stage}"] + [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES])
-OVERRIDE_ARGS = " ".join(shlex.quote(o) for o in OVERRIDES)
+# The jobs get the overrides through the environment, not their command line: a
+# rule reruns when the part of the config it reads changes (its params), not
+# when e.g. the launcher's executor does.
+os.environ[OVERRIDES_ENV] = json.dumps(OVERRIDES)
 
 wildcard_constraints:
     run="|".join(RUNS),
@@ -29,7 +35,7 @@ wildcard_constraints:
 def advsoup(stage, run=False):
     """The shell command of a stage: the same entry point the user, DVC and tests call."""
     cmd = ADVSOUP.format(stage=stage) + (" --run {wildcards.run}" if run else "")
-    return f"{cmd} {OVERRIDE_ARGS} > {{log}} 2>&1"
+    return f"{cmd} > {{log}} 2>&1"
 
 
 def sub_config(stage):

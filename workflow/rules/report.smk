@@ -32,3 +32,10 @@ rule figures:
         LOGS / "figures.log",
     shell:
         advsoup("figures")
+
+
+rule metrics:
+    # Every run trained and evaluated, nothing aggregated: the target of DVC's `experiment` stage.
+    input:
+        rules.aggregate.input,
+        expand(rules.train.output.history, run=RUNS),

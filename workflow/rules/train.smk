@@ -4,7 +4,7 @@ rule train:
     output:
         weights=PATHS.run_dir("{run}") / "model.safetensors",
         meta=PATHS.run_dir("{run}") / "model.json",
-        history=PATHS.run_dir("{run}") / "train_log.csv",
+        history=PATHS.history_file("{run}"),
     params:
         cfg=sub_config("train"),
     threads: CFG.launcher.train.cpus
