@@ -75,23 +75,34 @@ pid_alive() { # pidfile expected-comm
 # An exited daemon stays a zombie until PID 1 reaps it (slowly, in containers).
 is_zombie() { [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" = Z ]; }
 
-stop_pid() { # pidfile comm (used when the generated config changed)
-  local pid i
+stop_pid() { # pidfile comm [seconds] (used when the generated config changed)
+  local pid
   pid_alive "$1" "$2" || return 0
   pid="$(tr -dc '0-9' <"$1")"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do { kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid"; } || return 0; sleep 0.1; done
+  for _ in $(seq 1 $(( ${3:-10} * 10 ))); do { kill -0 "$pid" 2>/dev/null && ! is_zombie "$pid"; } || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-wait_for() { # seconds description command...  (polls every 0.2 s)
-  local secs="$1" what="$2" end; shift 2
+wait_for() { # seconds command...  (polls every 0.2 s)
+  local secs="$1" end; shift
   end=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$end" ] || return 1
     sleep 0.2
   done
 }
+
+# Refuse early when another process holds one of our ports: it would answer
+# the readiness checks in place of the daemons started here.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for dp in slurmdbd:6819:"$RUN/slurmdbd.pid" slurmctld:6817:"$RUN/slurmctld.pid" \
+          slurmd:6818:"$RUN/slurmd.pid" mariadbd:"$DB_PORT":"$DB/mysqld.pid"; do
+  IFS=: read -r d port pidf <<<"$dp"
+  if ! pid_alive "$pidf" "$d" && port_busy "$port"; then
+    die "port $port on 127.0.0.1 (for $d) is in use by another process: a SLURM cluster started elsewhere or with another ADVSOUP_SLURM_STATE? Stop it first (scripts/slurm/stop.sh with its ADVSOUP_SLURM_STATE)."
+  fi
+done
 
 # --------------------------------------------------------------- packages ---
 missing=()
@@ -245,13 +256,17 @@ max_allowed_packet=16M
 socket=$DB/mysqld.sock
 user=root
 EOF
-cmp -s "$new_conf" "$MYCNF" || install -m 644 "$new_conf" "$MYCNF"
+if ! cmp -s "$new_conf" "$MYCNF"; then
+  [ -e "$MYCNF" ] && conf_changed=1
+  install -m 644 "$new_conf" "$MYCNF"
+fi
 
 if [ "$conf_changed" = 1 ]; then
-  log "configuration changed: restarting slurmd/slurmctld/slurmdbd"
+  log "configuration changed: restarting the daemons that run"
   stop_pid "$RUN/slurmd.pid" slurmd
   stop_pid "$RUN/slurmctld.pid" slurmctld
   stop_pid "$RUN/slurmdbd.pid" slurmdbd
+  stop_pid "$DB/mysqld.pid" mariadbd 60
 fi
 
 # ----------------------------------------------------------------- munge ---
@@ -270,10 +285,10 @@ if ! munge_ok; then
     rm -f /run/munge/munged.pid
     runuser -u munge -- /usr/sbin/munged </dev/null >"$LOG/munged.out" 2>&1 9>&- \
       || die "munged failed to start" "$LOG/munged.out" /var/log/munge/munged.log
-    wait_for 15 munge-pid test -s /run/munge/munged.pid || true
+    wait_for 15 test -s /run/munge/munged.pid || true
     if [ -s /run/munge/munged.pid ]; then cp /run/munge/munged.pid "$RUN/munged.pid"; fi  # ours, for stop.sh
   fi
-  wait_for 15 munge munge_ok || die "munge does not work" "$LOG/munged.out" /var/log/munge/munged.log
+  wait_for 15 munge_ok || die "munge does not work" "$LOG/munged.out" /var/log/munge/munged.log
 fi
 
 # --------------------------------------------------------------- mariadb ---
@@ -290,7 +305,7 @@ if ! pid_alive "$DB/mysqld.pid" mariadbd || ! db_ok >/dev/null 2>&1; then
     log "starting mariadbd"
     setsid /usr/sbin/mariadbd --defaults-file="$MYCNF" </dev/null >>"$LOG/mariadbd.out" 2>&1 9>&- &
   fi
-  wait_for 60 mariadb db_ok || die "MariaDB did not come up" "$DB/mysqld.err" "$LOG/mariadbd.out"
+  wait_for 60 db_ok || die "MariaDB did not come up" "$DB/mysqld.err" "$LOG/mariadbd.out"
 fi
 # (Re)create the accounting DB user; cheap and idempotent.
 mariadb --defaults-file="$MYCNF" <<EOF || die "could not create the slurm DB user" "$DB/mysqld.err"
@@ -303,27 +318,34 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 EOF
 
-# -------------------------------------------------------------- slurmdbd ---
-dbd_ok() { timeout 5 sacctmgr -n -P list cluster format=cluster; }
-if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
-  log "starting slurmdbd"
-  slurmdbd </dev/null >"$LOG/slurmdbd.out" 2>&1 9>&- || die "slurmdbd failed to start" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log"
-fi
-wait_for 60 slurmdbd dbd_ok || die "slurmdbd does not answer" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log" "$DB/mysqld.err"
+# --------------------------------------------------------- slurm daemons ---
+daemons_alive() { # die at once when a slurm daemon of ours has exited
+  local d
+  for d in slurmdbd slurmctld slurmd; do
+    pid_alive "$RUN/$d.pid" "$d" || die "$d is not running (exited)" "$LOG/$d.out" "$LOG/$d.log"
+  done
+}
+start_slurm_daemon() { # name port command...
+  local name="$1" port="$2"; shift 2
+  pid_alive "$RUN/$name.pid" "$name" && return 0
+  # Something else on the port (another SLURM, another ADVSOUP_SLURM_STATE)
+  # would answer our readiness checks in place of the daemon started here.
+  port_busy "$port" && die "cannot start $name: port $port on 127.0.0.1 is in use by another process (a SLURM cluster started elsewhere or with another ADVSOUP_SLURM_STATE?)"
+  log "starting $name"
+  rm -f "$RUN/$name.pid"
+  "$@" </dev/null >"$LOG/$name.out" 2>&1 9>&- || die "$name failed to start" "$LOG/$name.out" "$LOG/$name.log"
+  wait_for 15 pid_alive "$RUN/$name.pid" "$name" || die "$name exited right after start" "$LOG/$name.out" "$LOG/$name.log"
+}
+
+dbd_ok() { pid_alive "$RUN/slurmdbd.pid" slurmdbd && timeout 5 sacctmgr -n -P list cluster format=cluster; }
+start_slurm_daemon slurmdbd 6819 slurmdbd
+wait_for 60 dbd_ok || die "slurmdbd does not answer" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log" "$DB/mysqld.err"
 if ! dbd_ok 2>/dev/null | grep -qx "$CLUSTER"; then
   log "registering cluster '$CLUSTER' in the accounting DB"
   timeout 10 sacctmgr -i add cluster "$CLUSTER" >/dev/null || die "sacctmgr add cluster failed" "$LOG/slurmdbd.log"
 fi
-
-# ------------------------------------------------------ slurmctld/slurmd ---
-if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
-  log "starting slurmctld"
-  slurmctld </dev/null >"$LOG/slurmctld.out" 2>&1 9>&- || die "slurmctld failed to start" "$LOG/slurmctld.out" "$LOG/slurmctld.log"
-fi
-if ! pid_alive "$RUN/slurmd.pid" slurmd; then
-  log "starting slurmd"
-  slurmd -N "$NODE" </dev/null >"$LOG/slurmd.out" 2>&1 9>&- || die "slurmd failed to start" "$LOG/slurmd.out" "$LOG/slurmd.log"
-fi
+start_slurm_daemon slurmctld 6817 slurmctld
+start_slurm_daemon slurmd 6818 slurmd -N "$NODE"
 
 # ------------------------------------------------------------- readiness ---
 node_state() { timeout 5 sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -n1; }
@@ -333,10 +355,20 @@ ctld_registered() { # slurmctld has registered with slurmdbd (job records flow)
 end=$((T0 + TIMEOUT)); [ "$end" -gt "$SECONDS" ] || end=$((SECONDS + 30))
 resumed=0
 while :; do
+  daemons_alive
   st="$(node_state || true)"
   case "$st" in
     idle|mixed|allocated|completing)
-      if timeout 5 sacct -n -X -o JobID >/dev/null 2>&1 && ctld_registered; then break; fi ;;
+      if timeout 5 sacct -n -X -o JobID >/dev/null 2>&1; then
+        ctld_registered && break
+        # slurmctld (re)registers with slurmdbd on its own, at the latest with
+        # its next job record; not worth failing for.
+        [ -n "${ready_since:-}" ] || ready_since=$SECONDS
+        if [ $((SECONDS - ready_since)) -ge 10 ]; then
+          log "note: slurmctld not yet registered with slurmdbd (it will be on the first job)"
+          break
+        fi
+      fi ;;
     drained|draining|down|drained\*|down\*|fail|failing)
       # A node drained by an earlier run (e.g. "Kill task failed"); slurmd is up.
       if [ "$resumed" = 0 ] && pid_alive "$RUN/slurmd.pid" slurmd && [[ "$st" != *\* ]]; then
@@ -346,9 +378,6 @@ while :; do
       fi ;;
   esac
   if [ "$SECONDS" -ge "$end" ]; then
-    pid_alive "$RUN/slurmctld.pid" slurmctld || die "slurmctld is not running" "$LOG/slurmctld.out" "$LOG/slurmctld.log"
-    pid_alive "$RUN/slurmd.pid" slurmd || die "slurmd is not running" "$LOG/slurmd.out" "$LOG/slurmd.log"
-    pid_alive "$RUN/slurmdbd.pid" slurmdbd || die "slurmdbd is not running" "$LOG/slurmdbd.out" "$LOG/slurmdbd.log"
     die "cluster not ready after ${TIMEOUT}s (node state '${st:-no answer from slurmctld}')" \
       "$LOG/slurmctld.log" "$LOG/slurmd.log" "$LOG/slurmdbd.log"
   fi

@@ -51,14 +51,14 @@ is_zombie() { [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" 
 alive() { kill -0 "$1" 2>/dev/null && ! is_zombie "$1"; }
 
 stop_daemon() { # name pidfile
-  local name="$1" pidfile="$2" pid i
+  local name="$1" pidfile="$2" pid
   if ! pid="$(pid_of "$pidfile" "$name")"; then
     rm -f "$pidfile"
     return 0
   fi
   log "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 150); do   # up to 15 s
+  for _ in $(seq 1 150); do   # up to 15 s
     alive "$pid" || { rm -f "$pidfile"; return 0; }
     sleep 0.1
   done
@@ -77,7 +77,7 @@ if [ -e "$CONF" ] && pid_of "$RUN/slurmctld.pid" slurmctld >/dev/null \
     log "cancelling jobs: $jobs"
     # shellcheck disable=SC2086
     timeout 10 scancel $jobs 2>/dev/null || true
-    for i in $(seq 1 50); do   # up to 10 s for the steps to go away
+    for _ in $(seq 1 50); do   # up to 10 s for the steps to go away
       [ -z "$(timeout 5 squeue -h -t R,CG,S -o %A 2>/dev/null || true)" ] && break
       sleep 0.2
     done
