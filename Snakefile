@@ -16,10 +16,15 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/soups.smk"
+include: "workflow/rules/robustness.smk"
+include: "workflow/rules/shift.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/adapters.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.figures.output,
+        rules.shift_figure.output,
+        rules.adapters.output,

@@ -2,8 +2,30 @@
 
 The attack always runs through the soup weight it evaluates: ``model(x, w)``.
 It asks autograd for the input gradient only, so no parameter gradient is
-computed or accumulated, and it runs the model in eval mode (no BN statistic
-updates, no dropout) and restores the previous mode afterwards.
+computed or accumulated. ``model_mode`` says which network it attacks:
+
+* ``eval`` (the default, and always for evaluation): BN running statistics,
+  no dropout / drop-path. The attack sees the deterministic network that is
+  reported, and its iterates never touch BN statistics.
+* ``train``: the network as it trains (BN batch statistics, dropout and
+  drop-path drawn from the global RNG). Every buffer, BN running statistics
+  included, is restored afterwards: the attack's iterates are not training
+  data, so they must not move the statistics.
+
+The model's own train/eval flag is restored afterwards in both modes.
+
+Semantics a robustness number depends on:
+
+* random start: l-inf uniform in the eps-box; l2 a uniform direction with a
+  radius uniform in [0, eps]; then clipped to [0, 1].
+* each step: l-inf ``step_size * sign(grad)``, l2 ``step_size * grad/||grad||``,
+  then projection onto the eps-ball and clipping to [0, 1] (clipping moves
+  every coordinate towards x, so the point stays in the ball).
+* the result is the last iterate (Madry et al.); with ``restarts`` > 1 the
+  points still classified correctly are attacked again from a new random
+  start, and per sample the first restart that fools the model is kept.
+* all randomness comes from ``generator``: the same generator state gives the
+  same adversarial examples.
 """
 from __future__ import annotations
 
@@ -14,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import AttackConfig
+from .config import ATTACK_MODEL_MODES, AttackConfig
 from .models.adapters import Weight
-
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
@@ -25,6 +46,27 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run the attack on the model in ``mode``; restore its flag and, in train mode, its buffers."""
+    if mode not in ATTACK_MODEL_MODES:
+        raise ValueError(f"attack model mode '{mode}' is not one of {ATTACK_MODEL_MODES}")
+    if mode == "eval":
+        with eval_mode(model):
+            yield
+        return
+    was_training = model.training
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
         model.train(was_training)
 
 
@@ -63,22 +105,27 @@ def _pgd_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a: AttackConfi
     return (x + delta).detach()
 
 
+def _select(w: Weight, keep: torch.Tensor) -> Weight:
+    return w[keep] if isinstance(w, torch.Tensor) and w.ndim > 0 else w
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, w: Weight = 1.0,
-        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        generator: Optional[torch.Generator] = None, model_mode: str = "eval") -> torch.Tensor:
     """Adversarial examples for ``model(., w)``; with restarts, per sample the first that fools it."""
     if attack.eps == 0 or attack.steps == 0 and not attack.random_start:
         return x.detach().clone()
-    with eval_mode(model):
+    with attack_mode(model, model_mode):
         best = _pgd_once(model, x, y, attack, w, generator)
         if attack.restarts > 1:
             with torch.no_grad():
                 fooled = model(best, w).argmax(1) != y
             for _ in range(attack.restarts - 1):
-                if bool(fooled.all()):
+                left = torch.nonzero(~fooled).flatten()
+                if len(left) == 0:
                     break
-                cand = _pgd_once(model, x, y, attack, w, generator)
+                cand = _pgd_once(model, x[left], y[left], attack, _select(w, left), generator)
                 with torch.no_grad():
-                    now = (model(cand, w).argmax(1) != y) & ~fooled
-                best[now] = cand[now]
-                fooled |= now
+                    now = model(cand, _select(w, left)).argmax(1) != y[left]
+                best[left[now]] = cand[now]
+                fooled[left[now]] = True
     return best

@@ -4,9 +4,15 @@ Model weights: ``model.safetensors`` + ``model.json`` (what the network is).
 Training state (for resuming): ``state.safetensors`` (model, optimizer moments,
 RNG) + ``state.json`` (epoch, step, scheduler, config digest). Both are
 written to a temporary file and renamed into place.
+
+Checkpoints travel through DVC remotes, so a file is checked before use: a
+pickle (``torch.save``) is refused without being opened by pickle, and the
+JSON records the sha256 of its tensor file, so a truncated or altered file is
+refused too (safetensors alone only notices a damaged header).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -22,12 +28,32 @@ class CheckpointError(ValueError):
     """A checkpoint file that is not what advsoup writes."""
 
 
-def save_tensors(path: Path, tensors: Dict[str, torch.Tensor], meta: Optional[Dict[str, str]] = None) -> None:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{path}' is not valid JSON ({exc}); restore it with `dvc checkout` or retrain") \
+            from None
+
+
+def save_tensors(path: Path, tensors: Dict[str, torch.Tensor], meta: Optional[Dict[str, str]] = None) -> str:
+    """Write the tensors atomically; returns the file's sha256, for the JSON beside it."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        digest = _sha256(tmp)
+    return digest
 
 
-def load_tensors(path: Path) -> Dict[str, torch.Tensor]:
+def load_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused when it is a pickle or differs from ``sha256``."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     with open(path, "rb") as fh:
@@ -35,6 +61,9 @@ def load_tensors(path: Path) -> Dict[str, torch.Tensor]:
     if head[:1] == b"\x80" or head == b"PK":
         raise CheckpointError(f"'{path}' is a pickle/zip (torch.save) file; advsoup loads safetensors only "
                               "and never unpickles: re-export the weights with safetensors.torch.save_file")
+    if sha256 is not None and _sha256(path) != sha256:
+        raise CheckpointError(f"'{path}' does not match the sha256 recorded beside it: it was altered or only "
+                              "partly copied; restore it with `dvc checkout` / `dvc pull` or retrain")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -43,22 +72,20 @@ def load_tensors(path: Path) -> Dict[str, torch.Tensor]:
 
 
 def save_model(run_dir: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> None:
-    save_tensors(run_dir / "model.safetensors", model.state_dict())
-    write_json(run_dir / "model.json", meta)
+    digest = save_tensors(run_dir / "model.safetensors", model.state_dict())
+    write_json(run_dir / "model.json", {**meta, "weights_sha256": digest})
 
 
 def load_model_meta(run_dir: Path) -> Dict[str, Any]:
     path = run_dir / "model.json"
     if not path.is_file():
         raise CheckpointError(f"'{path}' is missing: train the run first (advsoup train)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"'{path}' is not valid JSON ({exc})") from None
+    return _read_json(path)
 
 
 def load_weights(run_dir: Path, model: torch.nn.Module) -> None:
-    tensors = load_tensors(run_dir / "model.safetensors")
+    # model.json files written before the hash was recorded have none: those load unchecked.
+    tensors = load_tensors(run_dir / "model.safetensors", load_model_meta(run_dir).get("weights_sha256"))
     own = model.state_dict()
     if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
         raise CheckpointError(f"'{run_dir / 'model.safetensors'}' does not match the model described by "
@@ -93,8 +120,8 @@ def save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
-    save_tensors(run_dir / "state.safetensors", tensors)
-    write_json(run_dir / "state.json", {**progress, "optimizer": opt_meta})
+    digest = save_tensors(run_dir / "state.safetensors", tensors)
+    write_json(run_dir / "state.json", {**progress, "optimizer": opt_meta, "tensors_sha256": digest})
 
 
 def load_state(run_dir: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any],
@@ -103,8 +130,8 @@ def load_state(run_dir: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, torch.
     meta_path = run_dir / "state.json"
     if not meta_path.is_file() or not (run_dir / "state.safetensors").is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    tensors = load_tensors(run_dir / "state.safetensors")
+    meta = _read_json(meta_path)
+    tensors = load_tensors(run_dir / "state.safetensors", meta.pop("tensors_sha256", None))
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return meta, model, _unflatten_optimizer(tensors, meta.pop("optimizer")), rng

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,8 +27,16 @@ def _parser() -> argparse.ArgumentParser:
         "train": "train one run (nominal, adversarial or co-trained with an adapter)",
         "evaluate": "clean and robust accuracy of one run in clean and robust mode",
         "soups": "clean and robust accuracy of one run at every soup weight",
+        "robustness": "gradient-masking checks of one run (eps grid, more PGD steps, AutoAttack vs PGD)",
         "aggregate": "collect metric files into results/summary.json and results/tables/",
         "figures": "draw figures/ from the tables",
+        "adapters": "count the domain-specific parameters of every adapter (study networks, ViT-B16, ResNet-50)",
+        "shift-suite": "write the shift suite (corruptions, sketch) of the test set under shift.dir",
+        "shift-reference": "train the reference model whose mistakes make the hard subset",
+        "shift-hard": "write the hard subset: test images the reference model gets wrong",
+        "shift": "accuracy of one run at every soup weight on every shift, and k-shot adaptation",
+        "shift-table": "collect shift.json files into results/tables/shift*.csv and results/shift_summary.json",
+        "shift-figure": "draw figures/shift.png from the shift tables",
         "runs": "print the run ids of the experiment (one per line)",
         "where": "print where the experiment's outputs are",
     }
@@ -35,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="experiment file(s), merged over params/defaults.yaml in order")
-        if name in ("train", "evaluate", "soups"):
+        if name in ("train", "evaluate", "soups", "shift", "robustness"):
             sp.add_argument("--run", required=True, help="run id '<run>-s<seed>' (see `advsoup runs`)")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides")
     return p
@@ -49,10 +58,29 @@ def _cmd_prepare(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
           f"{sum(manifest['train_class_counts'])} train / {sum(manifest['test_class_counts'])} test images")
 
 
-def _submit(cfg: Config, paths: Paths, fn, job, resources, name: str) -> None:
+# Stages that run as a job (launcher.executor local or slurm): the resources they get (launcher.<key>)
+# and whether they start one task per GPU. The process that submits and waits imports no torch,
+# so hundreds of waiting rules fit on a login node.
+JOB_STAGES = {"train": ("train", True), "shift-reference": ("train", False), "evaluate": ("evaluate", False),
+              "soups": ("evaluate", False), "robustness": ("evaluate", False), "shift-suite": ("evaluate", False),
+              "shift-hard": ("evaluate", False), "shift": ("evaluate", False)}
+
+
+def _run_as_job(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    """Submit the stage itself as a job, with the config resolved here, and wait for it."""
     from .launch import submit
 
-    submit(fn, job, cfg.launcher, resources, f"{cfg.experiment}-{name}", paths.logs / cfg.experiment / "jobs" / name)
+    key, distributed = JOB_STAGES[args.stage]
+    name = f"{args.stage}-{args.run}" if getattr(args, "run", None) else args.stage
+    inline = replace(cfg, launcher=replace(cfg.launcher, executor="inline"))
+    submit(run_stage, (args.stage, inline, args), cfg.launcher, getattr(cfg.launcher, key),
+           f"{cfg.experiment}-{name}", paths.logs / cfg.experiment / "jobs" / name, distributed)
+
+
+def run_stage(request: tuple) -> None:
+    """Inside the job (again after a requeue): the stage, run in this process."""
+    stage, cfg, args = request
+    COMMANDS[stage](cfg, Paths(cfg), args)
 
 
 def _cmd_train(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
@@ -61,7 +89,7 @@ def _cmd_train(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     _, run, seed = split_run_id(cfg, args.run)
     job = TrainJob(args.run, run, seed, cfg.data, cfg.model, cfg.train, paths.prepared, paths.run_dir(args.run),
                    paths.history_file(args.run))
-    _submit(cfg, paths, train, job, cfg.launcher.train, f"train-{args.run}")
+    train(job)
 
 
 def _cmd_evaluate(cfg: Config, paths: Paths, args: argparse.Namespace, soups: bool = False) -> None:
@@ -72,21 +100,93 @@ def _cmd_evaluate(cfg: Config, paths: Paths, args: argparse.Namespace, soups: bo
     job = EvalJob(args.run, run, seed, cfg.data, cfg.model, cfg.evaluate, paths.prepared,
                   paths.run_dir(args.run), out, list(cfg.evaluate.soup_weights) if soups else None)
     stage = "soups" if soups else "evaluate"
-    _submit(cfg, paths, run_evaluation, job, cfg.launcher.evaluate, f"{stage}-{args.run}")
+    run_evaluation(job)
+
+
+def _cmd_robustness(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .robustness import RobustnessJob, run_robustness
+
+    _, run, seed = split_run_id(cfg, args.run)
+    job = RobustnessJob(args.run, run, seed, cfg.data, cfg.model, cfg.evaluate, paths.prepared,
+                        paths.run_dir(args.run), paths.eval_file(args.run), paths.robustness_file(args.run))
+    run_robustness(job)
 
 
 def _cmd_aggregate(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .aggregate import aggregate
+    from .aggregate import aggregate, training_table
 
     aggregate(cfg.experiment, [paths.eval_file(r) for r in run_ids(cfg)],
-              [paths.soup_file(r) for r in soup_run_ids(cfg)], paths.summary, paths.tables)
+              [paths.soup_file(r) for r in soup_run_ids(cfg)], paths.summary, paths.tables,
+              robustness_files=[paths.robustness_file(r) for r in run_ids(cfg)])
+    training_table({r: paths.history_file(r) for r in run_ids(cfg)}, paths.tables / "training.csv")
     print(f"wrote {paths.summary} and {paths.tables}/")
 
 
 def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .figures import soup_curve
+    from .figures import adapter_figure, soup_curve
 
     print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
+    print(f"wrote {adapter_figure(paths.tables, paths.figures / 'adapters.png')}")
+
+
+def _cmd_adapters(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .accounting import write_accounting
+
+    check = write_accounting(cfg.model, paths.parameters_table, paths.parameters_summary)
+    print(f"wrote {paths.parameters_table} and {paths.parameters_summary}")
+    print(f"ViT-B16: class token {check['vit_b16_token']} vs dual LayerNorm {check['vit_b16_dual_layernorm']} "
+          f"domain-specific parameters: {check['ratio']:g}x as many, {check['difference_in_tokens']:g} tokens more "
+          f"(the paper: {check['paper_token_vs_dual_norm']}x fewer)")
+
+
+def _cmd_shift_suite(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .data.shifts import SuiteJob, run_suite
+
+    run_suite(SuiteJob(paths.prepared, paths.shift_suite, cfg.shift))
+
+
+def _cmd_shift_reference(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .config import shift_reference_run
+    from .train import TrainJob, train
+
+    run, train_cfg = shift_reference_run(cfg)
+    job = TrainJob("shift_reference", run, cfg.shift.hard.seed, cfg.data, cfg.model, train_cfg, paths.prepared,
+                   paths.shift_reference, paths.shift_reference / "train_log.csv")
+    train(job)
+
+
+def _cmd_shift_hard(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .shift import HardJob, build_hard_subset
+
+    job = HardJob(paths.prepared, paths.shift_reference, cfg.model, cfg.shift.hard, cfg.shift.seed,
+                  cfg.evaluate.batch_size, paths.shift_hard)
+    build_hard_subset(job)
+
+
+def _cmd_shift(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .shift import ShiftJob, run_shift
+
+    _, run, seed = split_run_id(cfg, args.run)
+    job = ShiftJob(args.run, run, seed, cfg.model, cfg.evaluate, cfg.shift, paths.shift_suite, paths.shift_hard,
+                   paths.run_dir(args.run), paths.shift_file(args.run))
+    run_shift(job)
+
+
+def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .shift_report import shift_tables
+
+    summary = shift_tables([paths.shift_file(r) for r in run_ids(cfg)], paths.tables, paths.shift_summary)
+    print(f"wrote {paths.tables}/shift.csv, shift_adaptation.csv, shift_draws.csv and {paths.shift_summary}")
+    for variant, s in summary["variants"].items():
+        g = s["kshot_gain_over_clean"]
+        print(f"  {variant}: k-shot soup (k={s['k']}) - clean mode, averaged over {', '.join(s['shifts'])}: "
+              f"{100 * g['mean']:+.2f} +- {100 * g['std']:.2f} points ({s['samples']} seeds x draws)")
+
+
+def _cmd_shift_figure(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
+    from .shift_report import shift_figure
+
+    print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
 
 
 def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
@@ -107,13 +207,44 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
                 line += (f" | best soup w={b['w']:.1f}: {100 * b['clean_acc']:.1f}% / "
                          f"{100 * b['robust_acc']:.1f}%")
             print(line)
+        _print_robustness(summary)
+    if paths.shift_summary.is_file():
+        print(f"\nshifts   {paths.tables}/shift.csv, shift_adaptation.csv; figure {paths.figures / 'shift.png'}")
+        for variant, s in json.loads(paths.shift_summary.read_text())["variants"].items():
+            g, avg = s["kshot_gain_over_clean"], s["average"]
+            print(f"  {variant:<24} average over shifts: clean mode {100 * avg['clean_mode']['mean']:.1f}%, "
+                  f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "
+                  f"({100 * g['mean']:+.2f} +- {100 * g['std']:.2f}), oracle soup "
+                  f"{100 * avg['oracle_soup']['mean']:.1f}%")
+
+
+def _print_robustness(summary: dict) -> None:
+    """AutoAttack numbers and the gradient-masking verdict; a failed or skipped check is named."""
+    for run_id, r in summary["runs"].items():
+        aa = r.get("autoattack")
+        if aa:
+            a = aa["attack"]
+            print(f"  {run_id:<24} {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} images: clean mode "
+                  f"{100 * aa['clean_mode']['robust_acc']:.1f}%, robust mode {100 * aa['robust_mode']['robust_acc']:.1f}%"
+                  f" (PGD on the same images {100 * aa['robust_mode']['pgd_robust_acc']:.1f}%)")
+    checks = summary.get("masking_checks")
+    if checks:
+        print(f"
+gradient-masking checks: {checks['status'].upper()} ({checks['passed']} of {checks['checks']} "
+              f"passed; details in results/metrics/<experiment>/<run>/robustness.json)")
+        for line in checks["failed"]:
+            print(f"  FAILED   {line}")
+        for line in checks["skipped"]:
+            print(f"  skipped  {line}")
 
 
 COMMANDS = {
     "prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
     "soups": lambda c, p, a: _cmd_evaluate(c, p, a, soups=True), "aggregate": _cmd_aggregate,
-    "figures": _cmd_figures, "where": _cmd_where,
+    "figures": _cmd_figures, "where": _cmd_where, "adapters": _cmd_adapters, "robustness": _cmd_robustness,
     "runs": lambda c, p, a: print("\n".join(run_ids(c))),
+    "shift-suite": _cmd_shift_suite, "shift-reference": _cmd_shift_reference, "shift-hard": _cmd_shift_hard,
+    "shift": _cmd_shift, "shift-table": _cmd_shift_table, "shift-figure": _cmd_shift_figure,
 }
 
 
@@ -135,7 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load_config(args.config or ["params/experiments/demo.yaml"], env_overrides() + args.overrides)
         if getattr(args, "run", None):
             split_run_id(cfg, args.run)
-        COMMANDS[args.stage](cfg, Paths(cfg), args)
+        job = args.stage in JOB_STAGES and cfg.launcher.executor != "inline"
+        (_run_as_job if job else COMMANDS[args.stage])(cfg, Paths(cfg), args)
     except ConfigError as exc:
         print(f"advsoup {args.stage}: config error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -26,8 +26,16 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
+ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.attacks)
+AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 EXECUTORS = ("local", "slurm", "inline")
-STAGES = ("prepare", "train", "evaluate", "soups", "aggregate", "figures")
+STAGES = ("prepare", "train", "evaluate", "soups", "aggregate", "figures", "adapters", "robustness")
+SHIFT_STAGES = ("shift-suite", "shift-reference", "shift-hard", "shift", "shift-table", "shift-figure")
+# The ImageNet-C corruptions (15 benchmark + 4 held-out), as imagecorruptions names them.
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
 class ConfigError(ValueError):
@@ -99,6 +107,25 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
+    attack_model_mode: str = "eval"
+
+
+@dataclass
+class AutoAttackConfig:
+    enabled: bool = True
+    version: str = "standard"
+    attacks: List[str] = field(default_factory=list)
+    subset: int = 1000
+
+
+@dataclass
+class RobustnessConfig:
+    subset: int = 1000
+    weights: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    eps_multiples: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0])
+    steps_multiples: List[int] = field(default_factory=lambda: [1, 5])
+    large_eps_max_acc: float = 0.02
+    tolerance: float = 0.005
 
 
 @dataclass
@@ -112,6 +139,8 @@ class EvaluateConfig:
     attack: AttackConfig = field(
         default_factory=lambda: AttackConfig(steps=10, step_size=0.025)
     )
+    autoattack: AutoAttackConfig = field(default_factory=AutoAttackConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
 @dataclass
@@ -128,6 +157,8 @@ class ResourcesConfig:
     gpus: int = 0
     mem_gb: float = 4.0
     time_min: int = 60
+    nodes: int = 1
+    tasks: int = 0
 
 
 @dataclass
@@ -138,9 +169,41 @@ class LauncherConfig:
     account: str = ""
     qos: str = ""
     constraint: str = ""
+    setup: List[str] = field(default_factory=list)
+    sbatch: Dict[str, Any] = field(default_factory=dict)
     poll_seconds: float = 1.0
     train: ResourcesConfig = field(default_factory=ResourcesConfig)
     evaluate: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class ShiftHardConfig:
+    family: str = "resnet"
+    seed: int = 1
+    epochs: int = 0
+    max_images: int = 0
+
+
+@dataclass
+class ShiftFinetuneConfig:
+    steps: int = 30
+    adapter_lr: float = 1e-2
+    full_lr: float = 1e-4
+
+
+@dataclass
+class ShiftConfig:
+    dir: str = "data/shifts"
+    seed: int = 0
+    subset: int = 1000
+    corruptions: List[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    sketch: bool = True
+    hard: ShiftHardConfig = field(default_factory=ShiftHardConfig)
+    k: int = 32
+    draws: int = 5
+    finetune: ShiftFinetuneConfig = field(default_factory=ShiftFinetuneConfig)
+    imagenet_root: str = ""
 
 
 @dataclass
@@ -152,6 +215,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     runs: Dict[str, RunConfig] = field(default_factory=dict)
 
@@ -223,6 +287,75 @@ def _validate_attack(a: AttackConfig, key: str, source: str) -> None:
     _check(a.restarts >= 1, source, f"{key}.restarts", f"{a.restarts} < 1")
 
 
+def _validate_shift(s: ShiftConfig, source: str) -> None:
+    _check(s.subset >= 0, source, "shift.subset", f"{s.subset} < 0 (0 = the whole test split)")
+    for i, c in enumerate(s.corruptions):
+        _check(c in CORRUPTIONS, source, f"shift.corruptions[{i}]",
+               f"unknown corruption '{c}'; choose from {CORRUPTIONS}")
+    _check(len(set(s.corruptions)) == len(s.corruptions), source, "shift.corruptions", "lists a corruption twice")
+    for i, sev in enumerate(s.severities):
+        _check(1 <= sev <= 5, source, f"shift.severities[{i}]", f"{sev} is not an ImageNet-C severity (1 to 5)")
+    _check(len(set(s.severities)) == len(s.severities), source, "shift.severities", "lists a severity twice")
+    _check(s.k >= 1, source, "shift.k", f"{s.k} < 1: choose at least one labelled target example")
+    _check(s.subset == 0 or s.k < s.subset, source, "shift.k",
+           f"{s.k} leaves no evaluation example in a shift set of shift.subset={s.subset}")
+    _check(s.draws >= 1, source, "shift.draws", f"{s.draws} < 1")
+    _check(s.hard.family in FAMILIES, source, "shift.hard.family", f"'{s.hard.family}' is not one of {FAMILIES}")
+    _check(s.hard.epochs >= 0 and s.hard.max_images >= 0, source, "shift.hard.epochs",
+           "shift.hard.epochs and shift.hard.max_images must be >= 0 (0 = train.epochs / all)")
+    f = s.finetune
+    _check(f.steps >= 0, source, "shift.finetune.steps", f"{f.steps} < 0")
+    _check(f.adapter_lr > 0 and f.full_lr > 0, source, "shift.finetune.adapter_lr", "learning rates must be > 0")
+
+
+def _validate_launcher(la: LauncherConfig, source: str, final: bool) -> None:
+    _check(la.executor in EXECUTORS, source, "launcher.executor", f"'{la.executor}' is not one of {EXECUTORS}")
+    _check(la.poll_seconds > 0, source, "launcher.poll_seconds", f"{la.poll_seconds} <= 0")
+    for stage in ("train", "evaluate"):
+        r: ResourcesConfig = getattr(la, stage)
+        key = f"launcher.{stage}"
+        _check(r.cpus >= 1, source, f"{key}.cpus", f"{r.cpus} < 1")
+        _check(r.gpus >= 0 and r.tasks >= 0, source, f"{key}.gpus", "gpus and tasks must be >= 0")
+        _check(r.nodes >= 1, source, f"{key}.nodes", f"{r.nodes} < 1")
+        _check(r.nodes == 1 or la.executor != "local" or not final, source, f"{key}.nodes",
+               f"{r.nodes} nodes need the slurm executor (the local executor runs on this machine)")
+        _check(stage == "train" or (r.nodes == 1 and r.tasks <= 1), source, f"{key}.nodes",
+               "evaluation runs as one task on one node: set nodes: 1 and tasks: 0")
+        _check(r.mem_gb > 0, source, f"{key}.mem_gb", f"{r.mem_gb} <= 0")
+        _check(r.time_min >= 1, source, f"{key}.time_min", f"{r.time_min} < 1 minute")
+
+
+def _validate_robust_evaluation(e: EvaluateConfig, source: str) -> None:
+    a = e.attack
+    _check(a.eps == 0 or a.steps * a.step_size >= a.eps, source, "evaluate.attack.step_size",
+           f"steps * step_size = {a.steps * a.step_size:g} < eps = {a.eps:g}: PGD cannot reach the edge of "
+           f"the eps-ball, a weak attack that overstates robustness; raise steps or step_size")
+    aa = e.autoattack
+    _check(aa.version in AUTOATTACK_VERSIONS, source, "evaluate.autoattack.version",
+           f"'{aa.version}' is not one of {AUTOATTACK_VERSIONS}")
+    _check(aa.version == "custom" or not aa.attacks, source, "evaluate.autoattack.attacks",
+           f"version '{aa.version}' fixes its own attacks: leave attacks empty or use version: custom")
+    _check(aa.version != "custom" or bool(aa.attacks), source, "evaluate.autoattack.attacks",
+           f"version custom needs a list of attacks from {AUTOATTACK_ATTACKS}")
+    for i, name in enumerate(aa.attacks):
+        _check(name in AUTOATTACK_ATTACKS, source, f"evaluate.autoattack.attacks[{i}]",
+               f"'{name}' is not one of {AUTOATTACK_ATTACKS}")
+    _check(aa.subset >= 0, source, "evaluate.autoattack.subset", f"{aa.subset} < 0 (0 = the whole test set)")
+    r = e.robustness
+    _check(r.subset >= 0, source, "evaluate.robustness.subset", f"{r.subset} < 0 (0 = the whole test set)")
+    _check(len(r.weights) > 0 and all(0.0 <= w <= 1.0 for w in r.weights), source,
+           "evaluate.robustness.weights", "list one or more soup weights in [0, 1] (0 = clean, 1 = robust mode)")
+    _check(len(r.eps_multiples) >= 2 and all(m >= 0 for m in r.eps_multiples)
+           and list(r.eps_multiples) == sorted(set(r.eps_multiples)), source, "evaluate.robustness.eps_multiples",
+           "list two or more distinct multiples of evaluate.attack.eps, >= 0, in increasing order")
+    _check(len(r.steps_multiples) >= 2 and all(m >= 1 for m in r.steps_multiples)
+           and list(r.steps_multiples) == sorted(set(r.steps_multiples)), source,
+           "evaluate.robustness.steps_multiples",
+           "list two or more distinct multiples (>= 1) of evaluate.attack.steps, in increasing order")
+    _check(0.0 <= r.large_eps_max_acc <= 1.0, source, "evaluate.robustness.large_eps_max_acc", "must lie in [0, 1]")
+    _check(0.0 <= r.tolerance < 1.0, source, "evaluate.robustness.tolerance", "must lie in [0, 1)")
+
+
 def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     """Range and choice checks that a type schema cannot express.
 
@@ -248,13 +381,16 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     _validate_attack(t.attack, "train.attack", source)
     e = cfg.evaluate
     _validate_attack(e.attack, "evaluate.attack", source)
+    _validate_robust_evaluation(e, source)
+    _check(t.attack_model_mode in ATTACK_MODEL_MODES, source, "train.attack_model_mode",
+           f"'{t.attack_model_mode}' is not one of {ATTACK_MODEL_MODES}")
     _check(e.batch_size >= 1, source, "evaluate.batch_size", "must be >= 1")
     _check(len(e.soup_weights) > 0, source, "evaluate.soup_weights", "list at least one weight")
     for i, w in enumerate(e.soup_weights):
         _check(0.0 <= w <= 1.0, source, f"evaluate.soup_weights[{i}]",
                f"{w} is outside [0, 1] (0 = clean mode, 1 = robust mode)")
-    _check(cfg.launcher.executor in EXECUTORS, source, "launcher.executor",
-           f"'{cfg.launcher.executor}' is not one of {EXECUTORS}")
+    _validate_shift(cfg.shift, source)
+    _validate_launcher(cfg.launcher, source, final)
     _check(len(cfg.runs) > 0 or not final, source, "runs",
            "the experiment defines no runs; add them under runs: (see params/experiments/demo.yaml)")
     for name, run in cfg.runs.items():
@@ -324,6 +460,31 @@ class Paths:
     def soup_file(self, run_id: str) -> Path:
         return self.metrics_dir(run_id) / "soups.json"
 
+    def robustness_file(self, run_id: str) -> Path:
+        """The gradient-masking checks of a run (advsoup.robustness)."""
+        return self.metrics_dir(run_id) / "robustness.json"
+
+    @property
+    def shift_suite(self) -> Path:
+        """The corruption/sketch sets: a data-stage output (DVC cache), one per experiment's shift config."""
+        return Path(self.cfg.shift.dir) / self.cfg.experiment
+
+    @property
+    def shift_reference(self) -> Path:
+        """The independently trained reference model whose mistakes make the hard subset."""
+        return self.run_dir("shift_reference")
+
+    @property
+    def shift_hard(self) -> Path:
+        return self.shift_reference / "hard"
+
+    def shift_file(self, run_id: str) -> Path:
+        return self.metrics_dir(run_id) / "shift.json"
+
+    @property
+    def shift_summary(self) -> Path:
+        return Path(self.cfg.results_dir) / "shift_summary.json"
+
     @property
     def summary(self) -> Path:
         return Path(self.cfg.results_dir) / "summary.json"
@@ -331,6 +492,15 @@ class Paths:
     @property
     def tables(self) -> Path:
         return Path(self.cfg.results_dir) / "tables"
+
+    @property
+    def parameters_table(self) -> Path:
+        """Domain-specific parameters of every adapter (advsoup.accounting)."""
+        return self.tables / "adapter_parameters.csv"
+
+    @property
+    def parameters_summary(self) -> Path:
+        return Path(self.cfg.results_dir) / "adapter_parameters.json"
 
     @property
     def figures(self) -> Path:
@@ -349,8 +519,8 @@ def stage_config(cfg: Config, stage: str, run_id: Optional[str] = None) -> Dict[
     Snakemake's params and DVC's params name exactly these keys, so an edit
     elsewhere in the config does not rerun the stage.
     """
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage '{stage}'; stages are {STAGES}")
+    if stage not in STAGES + SHIFT_STAGES:
+        raise ConfigError(f"unknown stage '{stage}'; stages are {STAGES + SHIFT_STAGES}")
     c = OmegaConf.structured(cfg)
 
     def part(key: str) -> Any:
@@ -359,7 +529,7 @@ def stage_config(cfg: Config, stage: str, run_id: Optional[str] = None) -> Dict[
     out: Dict[str, Any] = {}
     if stage == "prepare":
         out["data"] = part("data")
-    elif stage in ("train", "evaluate", "soups"):
+    elif stage in ("train", "evaluate", "soups", "robustness"):
         if run_id is None:
             raise ConfigError(f"stage '{stage}' needs a run id")
         name, _, seed = split_run_id(cfg, run_id)
@@ -370,13 +540,51 @@ def stage_config(cfg: Config, stage: str, run_id: Optional[str] = None) -> Dict[
             out["train"] = part("train")
         else:
             out["evaluate"] = part("evaluate")
-            if stage == "evaluate":
-                out["evaluate"].pop("soup_weights")
+            # Only what the stage reads: AutoAttack runs in evaluate, the masking checks in robustness.
+            unread = {"evaluate": ("soup_weights", "robustness"), "soups": ("autoattack", "robustness"),
+                      "robustness": ("soup_weights", "autoattack", "robust_subset")}[stage]
+            for key in unread:
+                out["evaluate"].pop(key)
+    elif stage == "adapters":  # parameter accounting: the study's network sizes only
+        out["model"] = part("model")
+    elif stage in SHIFT_STAGES:
+        out = _shift_stage_config(cfg, stage, run_id, part)
     else:  # aggregate / figures: the grid and the evaluation protocol they report
         out["runs"] = part("runs")
         out["evaluate"] = part("evaluate")
         out["train_attack"] = part("train.attack")
     return out
+
+
+def shift_reference_run(cfg: Config) -> tuple[RunConfig, TrainConfig]:
+    """The hard subset's reference model: a nominal run of shift.hard.family, trained apart from the grid."""
+    h = cfg.shift.hard
+    train = replace(cfg.train, epochs=h.epochs or cfg.train.epochs)
+    return RunConfig(training="nominal", adapter="none", family=h.family, seeds=[h.seed]), train
+
+
+def _shift_stage_config(cfg: Config, stage: str, run_id: Optional[str], part) -> Dict[str, Any]:
+    shift, evaluate = part("shift"), part("evaluate")
+    adaptation = {k: shift[k] for k in ("seed", "k", "draws", "finetune")}
+    if stage == "shift-suite":
+        return {"dataset": cfg.data.name,
+                "shift": {k: shift[k] for k in ("seed", "subset", "corruptions", "severities", "sketch")}}
+    if stage == "shift-reference":
+        run, train = shift_reference_run(cfg)
+        return {"run": {"training": run.training, "adapter": run.adapter, "family": run.family},
+                "seed": cfg.shift.hard.seed, "data": part("data"), "model": part("model"),
+                "train": OmegaConf.to_container(OmegaConf.structured(train))}
+    if stage == "shift-hard":
+        return {"hard": shift["hard"], "seed": shift["seed"], "batch_size": evaluate["batch_size"]}
+    if stage == "shift":
+        if run_id is None:
+            raise ConfigError(f"stage '{stage}' needs a run id")
+        name, _, seed = split_run_id(cfg, run_id)
+        run = part(f"runs.{name}")
+        run.pop("seeds")
+        return {"run": run, "seed": seed, "model": part("model"), "shift": adaptation,
+                "evaluate": {k: evaluate[k] for k in ("soup_weights", "batch_size", "threads")}}
+    return {"runs": part("runs"), "shift": adaptation}  # shift-table / shift-figure
 
 
 def dotlist(nested: Any, prefix: str = "") -> List[str]:

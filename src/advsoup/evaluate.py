@@ -2,8 +2,10 @@
 
 Clean accuracy runs under ``torch.inference_mode`` in large batches; robust
 accuracy attacks the model at the very weight it reports (PGD through
-``model(., w)``), on the first ``evaluate.robust_subset`` test images. Every
-robust number is stored with the attack that produced it.
+``model(., w)``), on the first ``evaluate.robust_subset`` test images. The
+final numbers of a run (clean and robust mode) add AutoAttack on the first
+``evaluate.autoattack.subset`` images, with PGD on those same images beside it.
+Every robust number is stored with the attack that produced it.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from . import autoattack
 from . import checkpoint as ckpt
 from .atomic import write_json
 from .attacks import pgd
-from .config import DataConfig, EvaluateConfig, ModelConfig, RunConfig
+from .config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
 from .data.prepared import load_split
 from .logs import progress, setup_logging
 from .models import build_model
@@ -47,7 +50,10 @@ def load_run(run_dir: Path, model_cfg: ModelConfig, device: torch.device) -> Ada
 
 def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
     """What a robust number was measured with: written beside every such number."""
-    a = ev.attack
+    return pgd_record(ev.attack, n_robust)
+
+
+def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
     return {"name": f"PGD-{a.steps}", "norm": a.norm, "eps": a.eps, "steps": a.steps,
             "step_size": a.step_size, "restarts": a.restarts, "random_start": a.random_start,
             "subset": n_robust}
@@ -64,17 +70,23 @@ def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: flo
     return correct / len(y)
 
 
-def robust_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
-                    device: torch.device, seed: int = 0, desc: str = "PGD") -> float:
-    correct = 0
+def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
+                 device: torch.device, seed: int = 0, desc: str = "PGD") -> torch.Tensor:
+    """Per image, whether ``model(., w)`` still classifies it correctly under ``ev.attack`` (PGD)."""
+    flags = []
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)  # the same random starts for every weight and run
     for i in progress(range(0, len(y), ev.batch_size), desc=desc, total=-(-len(y) // ev.batch_size)):
         xb, yb = x[i:i + ev.batch_size].to(device), y[i:i + ev.batch_size].to(device)
         x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen)
         with torch.no_grad():
-            correct += int((model(x_adv, w).argmax(1) == yb).sum())
-    return correct / len(y)
+            flags.append((model(x_adv, w).argmax(1) == yb).cpu())
+    return torch.cat(flags)
+
+
+def robust_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
+                    device: torch.device, seed: int = 0, desc: str = "PGD") -> float:
+    return int(robust_flags(model, x, y, w, ev, device, seed, desc).sum()) / len(y)
 
 
 def accuracies(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
@@ -94,6 +106,31 @@ def accuracies(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: S
     return rows
 
 
+def autoattack_vs_pgd(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
+                      ev: EvaluateConfig, device: torch.device, log=None) -> Dict[str, Any]:
+    """AutoAttack and PGD robust accuracy on the same first ``ev.autoattack.subset`` images, per mode.
+
+    PGD runs here again on exactly AutoAttack's images (same seed as the
+    main evaluation) so the two numbers compare like for like.
+    """
+    n = min(ev.autoattack.subset or len(y), len(y))
+    out: Dict[str, Any] = {"pgd_attack": pgd_record(ev.attack, n)}
+    for w, mode in zip(weights, ("clean_mode", "robust_mode")):
+        pgd_ok = robust_flags(model, x[:n], y[:n], w, ev, device, desc=f"PGD at w={w:.2f} (AutoAttack's images)")
+        aa_ok, out["attack"] = autoattack.robust_flags(model, x[:n], y[:n], w, ev.attack, ev.autoattack,
+                                                       ev.batch_size, device)
+        out[mode] = {"w": float(w), "robust_acc": round(float(aa_ok.float().mean()), 5),
+                     "pgd_robust_acc": round(float(pgd_ok.float().mean()), 5),
+                     # images PGD broke but AutoAttack did not: AutoAttack is not a superset of PGD
+                     "pgd_only_broken": int((~pgd_ok & aa_ok).sum())}
+        if log:
+            log.info("w=%.2f %s %.2f%% vs %s %.2f%% on %d images", w, out["attack"]["name"],
+                     100 * out[mode]["robust_acc"], out["pgd_attack"]["name"], 100 * out[mode]["pgd_robust_acc"], n)
+    if len(weights) == 1:  # no adapter: one network serves both modes
+        out["robust_mode"] = {**out["clean_mode"], "w": 1.0}
+    return out
+
+
 def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     # The log sits with the run (DVC cache), not with the metric files (git).
@@ -110,6 +147,8 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
         weights = [0.0] if job.run.adapter == "none" else [0.0, 1.0]
         rows = accuracies(model, x, y, weights, job.evaluate, rt.device, log)
         out = {**base, "clean_mode": rows[0], "robust_mode": {**rows[-1], "w": 1.0}}
+        if job.evaluate.autoattack.enabled:
+            out["autoattack"] = autoattack_vs_pgd(model, x, y, weights, job.evaluate, rt.device, log)
     else:
         out = {**base, "soup": accuracies(model, x, y, job.soup_weights, job.evaluate, rt.device, log)}
     write_json(job.out_file, out)

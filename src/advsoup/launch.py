@@ -1,10 +1,14 @@
-"""One launcher for every compute stage: submitit on SLURM, as local subprocesses, or inline.
+"""One launcher for every compute stage: submitit on SLURM or as local subprocesses.
 
-Snakemake's rule calls ``advsoup <stage>``, which builds the job and calls
-:func:`submit`: it submits a :class:`Task`, blocks until the job ends, and on
-failure raises :class:`LaunchError` carrying the tail of the job's log. A
-Task is requeued by submitit on preemption (SIGUSR2) or time-out and the
-resubmitted training resumes from its last saved state.
+Snakemake's rule calls ``advsoup <stage>``, which calls :func:`submit` (see
+cli.JOB_STAGES): it submits a :class:`Task`, blocks until the job ends, and
+on failure raises :class:`LaunchError` carrying the tail of the job's log.
+
+Requeue: SLURM sends SIGUSR2 ``SIGNAL_DELAY_S`` before the time limit (and a
+cluster's preemption sends SIGTERM or SIGUSR2). submitit then calls
+:meth:`Task.checkpoint` and requeues the job; the resubmitted task calls the
+same function again, and training resumes from the state it saved when the
+signal arrived (see runtime.Preemption). Other stages restart from scratch.
 """
 from __future__ import annotations
 
@@ -14,9 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.helpers import DelayedSubmission
 
 from .config import LauncherConfig, ResourcesConfig
+
+# Seconds between SLURM's warning signal and its time limit: enough to finish a step and save.
+SIGNAL_DELAY_S = 120
+# Ask SLURM for the state at least this often (submitit alone may wait 10 min to notice a job killed hard).
+STATE_CHECK_S = 60
 
 
 class LaunchError(RuntimeError):
@@ -33,23 +43,34 @@ class Task:
         return self.fn(self.job)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        # The trainer saves its state atomically as it goes; the resubmitted task resumes from it.
+        # The state lives in the job's files (training saves it on the signal), not in this object.
         return DelayedSubmission(Task(self.fn, self.job))
 
 
-def executor_for(cfg: LauncherConfig, res: ResourcesConfig, name: str, folder: Path) -> submitit.Executor:
+def tasks_per_node(res: ResourcesConfig, distributed: bool) -> int:
+    """Processes per node: one per GPU (or ``tasks``) for distributed stages, else one."""
+    if not distributed:
+        return 1
+    return res.tasks or max(1, res.gpus)
+
+
+def executor_for(cfg: LauncherConfig, res: ResourcesConfig, name: str, folder: Path,
+                 distributed: bool = False) -> submitit.Executor:
     folder = folder / "%j"
+    ntasks = tasks_per_node(res, distributed)
     if cfg.executor == "local":
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus, cpus_per_task=res.cpus,
-                             tasks_per_node=max(1, res.gpus))
+        ex.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus, tasks_per_node=ntasks)
         return ex
+    if cfg.executor != "slurm":
+        raise LaunchError(f"{name}: launcher.executor '{cfg.executor}' submits no job (local or slurm do)")
     ex = submitit.SlurmExecutor(folder=folder)
-    extra = {k: v for k, v in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos),
-                               ("constraint", cfg.constraint)) if v}
+    site = {k: v for k, v in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos),
+                              ("constraint", cfg.constraint)) if v}
     ex.update_parameters(
-        job_name=name, time=res.time_min, cpus_per_task=res.cpus, mem=f"{int(res.mem_gb * 1024)}M",
-        ntasks_per_node=max(1, res.gpus), gpus_per_node=res.gpus or None, signal_delay_s=120, **extra)
+        job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=ntasks, cpus_per_task=res.cpus,
+        mem=f"{int(res.mem_gb * 1024)}M", gpus_per_node=res.gpus or None, signal_delay_s=SIGNAL_DELAY_S,
+        setup=list(cfg.setup) or None, additional_parameters=dict(cfg.sbatch) or None, **site)
     return ex
 
 
@@ -65,34 +86,56 @@ def log_tail(job: submitit.Job, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def submit(fn: Callable[[Any], Any], job: Any, cfg: LauncherConfig, res: ResourcesConfig, name: str,
-           folder: Path, echo: Callable[[str], None] = print) -> Any:
-    """Run ``fn(job)`` with the configured executor and wait for its result.
+def _reason(exc: Exception, sub: submitit.Job) -> str:
+    """One line: the exception the job raised, or how it ended without a result."""
+    if isinstance(exc, FailedJobError):  # the message holds the job's traceback between dashed lines
+        trace = str(exc).split("----------------------")[1] if "------" in str(exc) else str(exc)
+        return [line for line in trace.splitlines() if line.strip()][-1].strip()
+    if isinstance(exc, UncompletedJobError):
+        return (f"it ended without a result (state {sub.state}): killed (time limit, memory, scancel, node "
+                "failure) or crashed hard")
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
 
-    ``folder`` holds submitit's files (one sub-folder per job id); it must be on
-    a file system that the compute nodes share.
-    """
-    if cfg.executor == "inline":
-        return fn(job)
-    ex = executor_for(cfg, res, name, folder)
-    sub = ex.submit(Task(fn, job))
+
+def start(fn: Callable[[Any], Any], job: Any, cfg: LauncherConfig, res: ResourcesConfig, name: str,
+          folder: Path, distributed: bool = False, echo: Callable[[str], None] = print) -> submitit.Job:
+    """Submit ``fn(job)``; ``folder`` (one sub-folder per job id) must be on a file system the nodes share."""
+    sub = executor_for(cfg, res, name, folder, distributed).submit(Task(fn, job))
     echo(f"submitted {name} as {cfg.executor} job {sub.job_id}; log: {sub.paths.stderr}")
+    return sub
 
+
+def wait(sub: submitit.Job, name: str, cfg: LauncherConfig, echo: Callable[[str], None] = print) -> Any:
+    """Block until the job ends (through requeues); its result, or LaunchError with its log's tail."""
     def cancel(signum: int, _frame: Any) -> None:  # Snakemake stopping the rule stops the job too
         sub.cancel(check=False)
         raise KeyboardInterrupt(f"signal {signum}: cancelled job {sub.job_id}")
 
     previous = {s: signal.signal(s, cancel) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not sub.done():
+        checked = time.monotonic()
+        while True:
+            force = time.monotonic() - checked > STATE_CHECK_S
+            checked = time.monotonic() if force else checked
+            if sub.done(force_check=force):
+                break
             time.sleep(cfg.poll_seconds)
         try:
-            result = sub.result()
-            echo(f"job {sub.job_id} done; its log:\n{log_tail(sub, lines=10_000)}")
-            return result
+            result = sub.results()[0]  # rank 0's (every task returns)
         except Exception as exc:
-            raise LaunchError(f"job {sub.job_id} ({name}) failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-                              f"\nlog: {sub.paths.stderr}\n--- last lines ---\n{log_tail(sub)}") from None
+            raise LaunchError(f"job {sub.job_id} ({name}) failed: {_reason(exc, sub)}\nlog: {sub.paths.stderr}\n"
+                              f"--- last lines of the job's log ---\n{log_tail(sub)}") from None
+        echo(f"job {sub.job_id} done; its log:\n{log_tail(sub, lines=10_000)}")
+        return result
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def submit(fn: Callable[[Any], Any], job: Any, cfg: LauncherConfig, res: ResourcesConfig, name: str,
+           folder: Path, distributed: bool = False, echo: Callable[[str], None] = print) -> Any:
+    """Run ``fn(job)`` as a job of the configured executor and wait for its result.
+
+    ``distributed``: start one task per GPU (or ``res.tasks``); ``fn`` must split its work over the ranks.
+    """
+    return wait(start(fn, job, cfg, res, name, folder, distributed, echo), name, cfg, echo)

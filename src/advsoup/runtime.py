@@ -1,16 +1,61 @@
-"""Where a job runs: device, threads, and torch.distributed from the SLURM/submitit environment.
+"""Where a job runs: device, threads, torch.distributed from the submitit/SLURM environment, preemption.
 
 Gradients are averaged with an explicit all-reduce after backward rather than
 through DistributedDataParallel: PGD calls the model many times per step
 asking autograd for input gradients only, which DDP's reducer does not expect.
+
+Preemption: submitit's handler for SIGUSR2 checkpoints and requeues the job
+the moment the signal lands, e.g. between the two files of a training state.
+A trainer that asks for it (``preemptible=True``) gets SIGUSR2 and SIGTERM
+noted instead; at its next step boundary it saves and calls
+:meth:`Runtime.requeue`, which hands over to submitit's handler.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("advsoup")
+
+
+class Preemption:
+    """SIGUSR2 (preemption, time limit) and SIGTERM held until the trainer can save."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._requeue: Optional[Callable[[int, Any], Any]] = None  # submitit's handler
+
+    def install(self) -> None:
+        """Take over the signals inside a submitit job; elsewhere (inline, tests) leave them alone."""
+        import submitit
+
+        usr = submitit.JobEnvironment._usr_sig()
+        handler = signal.getsignal(usr)
+        if not callable(handler) or threading.current_thread() is not threading.main_thread():
+            return
+        self._requeue = handler
+        for s in (usr, signal.SIGTERM):
+            signal.signal(s, self._note)
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received %s: saving the training state after this step, then requeueing",
+                        signal.Signals(signum).name)
+
+    def hand_over(self) -> None:
+        """submitit's handler: on rank 0 it calls Task.checkpoint, requeues the job and exits."""
+        import submitit
+
+        if self._requeue is not None:
+            self._requeue(self.signum or submitit.JobEnvironment._usr_sig(), None)
 
 
 @dataclass
@@ -18,6 +63,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    preemption: Preemption = field(default_factory=Preemption)
 
     @property
     def is_main(self) -> bool:
@@ -35,36 +81,65 @@ class Runtime:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def average(self, stats: Dict[str, float]) -> Dict[str, float]:
+        """Per-rank statistics of equal shards -> their mean over ranks."""
+        if self.world_size == 1:
+            return stats
+        values = torch.tensor(list(stats.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return dict(zip(stats, (values / self.world_size).tolist()))
 
-def set_threads(threads: int) -> None:
-    """torch threads: the configured number, else the CPUs this job was given."""
-    n = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
+    def preempted(self) -> bool:
+        """True on every rank once any rank got the signal, so that all stop at the same step."""
+        noted = self.preemption.signum is not None
+        if self.world_size == 1:
+            return noted
+        flag = torch.tensor([float(noted)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def requeue(self) -> NoReturn:
+        """Call after saving: submitit resubmits the task (Task.checkpoint) and this process ends."""
+        if self.world_size > 1:
+            dist.barrier()  # rank 0 has finished writing the state
+        self.preemption.hand_over()  # rank 0 does not come back from this
+        log.info("rank %d stops for the requeue", self.rank)
+        raise SystemExit(0)
+
+
+def set_threads(threads: int, tasks_on_node: int = 1) -> None:
+    """torch threads: the configured number, else the CPUs this task was given."""
+    n = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0)) // tasks_on_node
     torch.set_num_threads(max(1, n))
 
 
-def runtime_from_env(threads: int = 0) -> Runtime:
-    """Single process by default; distributed when submitit/SLURM started several tasks."""
-    set_threads(threads)
-    device = torch.device("cuda", _local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-    if world_size == 1:
-        return Runtime(device)
-    if not dist.is_initialized():
-        try:
-            import submitit
+def _port(job_id: str) -> int:
+    # Below Linux's ephemeral range (32768+); tasks of one job agree on it, jobs sharing a node rarely collide.
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 10000
 
-            env = submitit.JobEnvironment()
-            rank, world_size = env.global_rank, env.num_tasks
-            os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
-        except RuntimeError:  # not inside a submitit job: torchrun-style variables
-            rank = int(os.environ["RANK"])
-        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if device.type == "cuda":
+
+def runtime_from_env(threads: int = 0, preemptible: bool = False) -> Runtime:
+    """One process, or one rank of the tasks submitit started (SLURM tasks or local subprocesses).
+
+    ``preemptible``: the caller checks :meth:`Runtime.preempted` between steps and saves.
+    """
+    env = None
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        env = submitit.JobEnvironment()
+    rank, world_size, local_rank = (env.global_rank, env.num_tasks, env.local_rank) if env else (0, 1, 0)
+    set_threads(threads, max(1, world_size // (env.num_nodes if env else 1)))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    rt = Runtime(device, rank, world_size)
+    if preemptible:
+        rt.preemption.install()
+    if world_size > 1 and not dist.is_initialized():
+        host = env.hostnames[0] if env.num_nodes > 1 else "127.0.0.1"
+        if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
-    return Runtime(device, dist.get_rank(), dist.get_world_size())
-
-
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{host}:{_port(env.job_id)}",
+                                rank=rank, world_size=world_size)
+    return rt

@@ -63,9 +63,11 @@ def _param_groups(model: AdaptedModel, weight_decay: float) -> List[Dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
+def _step_generator(seed: int, epoch: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    # Each rank of a distributed run draws its own attack noise; rank 0 draws what a single process does.
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+    key = (seed * 1_000_003 + epoch) * 1_000_003 + step
+    g.manual_seed(key if rank == 0 else (key * 1_000_003 + rank) % 2**63)
     return g
 
 
@@ -82,7 +84,7 @@ def _loss(job: TrainJob, model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
         logits = model(x, 0.0)
         loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
         return loss, {"loss": loss.item(), "clean_acc": (logits.argmax(1) == y).float().mean().item()}
-    x_adv = pgd(model, x, y, t.attack, w=1.0, generator=gen)
+    x_adv = pgd(model, x, y, t.attack, w=1.0, generator=gen, model_mode=t.attack_model_mode)
     if training == "adversarial":
         logits = model(x_adv, 1.0)
         loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
@@ -112,7 +114,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
 
     ``stop_after_steps`` ends the call early (as a preemption would), for tests.
     """
-    rt = rt or runtime_from_env(job.train.threads)
+    rt = rt or runtime_from_env(job.train.threads, preemptible=True)
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     log = setup_logging(run_dir / "train.log" if rt.is_main else None)
@@ -138,7 +140,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
                               t_in_epochs=False)
 
     key = digest({k: v for k, v in job.sub_config().items() if k not in ("run_dir", "prepared", "history_file")})
-    start_step, history = 0, []
+    start_step, history, sums = 0, [], {}
     state = ckpt.load_state(run_dir)
     if state is not None:
         progress_meta, model_sd, opt_sd, rng = state
@@ -149,6 +151,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
             opt.load_state_dict(opt_sd)
             torch.set_rng_state(rng["cpu"])
             start_step, history = progress_meta["step"], progress_meta["history"]
+            sums = progress_meta.get("epoch_sums", {})  # this epoch's statistics so far
             log.info("resuming %s at step %d/%d", job.run_id, start_step, total_steps)
 
     log.info("run %s: %s training, adapter %s, %s; %d images, %d steps of %d, %d domain-specific parameters",
@@ -157,11 +160,11 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
 
     def save(step: int) -> None:
         if rt.is_main:
-            ckpt.save_state(run_dir, model, opt, {"step": step, "config": key, "history": history},
+            ckpt.save_state(run_dir, model, opt, {"step": step, "config": key, "history": history,
+                                                   "epoch_sums": sums},
                             {"cpu": torch.get_rng_state()})
 
     step = start_step
-    sums: Dict[str, float] = {}
     while step < total_steps:
         epoch, first = divmod(step, steps_per_epoch)
         order = epoch_order(n, job.seed, epoch)
@@ -172,13 +175,17 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
         if first == 0:
             sums = {}
         for i in bar:
+            if rt.preempted():  # SIGUSR2/SIGTERM arrived: keep the steps done, submitit requeues the job
+                save(step)
+                rt.requeue()
             idx = order[i * t.batch_size:(i + 1) * t.batch_size][rt.rank * per_rank:(rt.rank + 1) * per_rank]
             x, y = images[idx].to(rt.device), labels[idx].to(rt.device)
             sched.step_update(step)
-            loss, stats = _loss(job, model, x, y, _step_generator(job.seed, epoch, i, rt.device))
+            loss, stats = _loss(job, model, x, y, _step_generator(job.seed, epoch, i, rt.device, rt.rank))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             rt.sync_gradients(model)
+            stats = rt.average(stats)  # the global batch's statistics, whatever the number of ranks
             opt.step()
             step += 1
             seen += len(x) * rt.world_size

@@ -1,4 +1,11 @@
 # Config loading and the helpers the rules use; rules themselves stay declarative.
+#
+# The inputs of the compute rules are ancient(): `git clone`, `dvc pull` and `dvc checkout`
+# restore data and checkpoints with new file times, and that must not make Snakemake
+# retrain. Such a job reruns when its part of the config (params), its rule or its set of
+# inputs changes, or an upstream job reruns. Snakemake 9 checks "updated input files"
+# (newer, checksum unknown or different) whatever --rerun-triggers says, so the profiles'
+# rerun-triggers alone do not do it (tests/test_dvc.py shows both).
 import json
 import os
 import shlex

@@ -1,8 +1,8 @@
 rule evaluate:
     input:
-        data=rules.prepare.output.prepared,
-        weights=rules.train.output.weights,
-        meta=rules.train.output.meta,
+        data=ancient(rules.prepare.output.prepared),
+        weights=ancient(rules.train.output.weights),
+        meta=ancient(rules.train.output.meta),
     output:
         metrics=PATHS.eval_file("{run}"),
     params:

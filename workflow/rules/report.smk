@@ -7,10 +7,14 @@ rule aggregate:
     input:
         evals=expand(rules.evaluate.output.metrics, run=RUNS),
         soups=expand(rules.soups.output.metrics, run=SOUP_RUNS),
+        robustness=expand(rules.robustness.output.metrics, run=RUNS),
+        histories=expand(rules.train.output.history, run=RUNS),
     output:
         summary=PATHS.summary,
         runs=PATHS.tables / "runs.csv",
         soups=PATHS.tables / "soups.csv",
+        training=PATHS.tables / "training.csv",
+        adapters=PATHS.tables / "adapters.csv",
     params:
         cfg=sub_config("aggregate"),
     log:
@@ -24,8 +28,10 @@ rule figures:
         summary=rules.aggregate.output.summary,
         runs=rules.aggregate.output.runs,
         soups=rules.aggregate.output.soups,
+        adapters=rules.aggregate.output.adapters,
     output:
         soup_curve=PATHS.figures / "soup_curve.png",
+        adapters=PATHS.figures / "adapters.png",
     params:
         cfg=sub_config("figures"),
     log:
@@ -39,3 +45,4 @@ rule metrics:
     input:
         rules.aggregate.input,
         expand(rules.train.output.history, run=RUNS),
+        expand(rules.shift.output.metrics, run=RUNS),

@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=rules.prepare.output.prepared,
+        data=ancient(rules.prepare.output.prepared),
     output:
         weights=PATHS.run_dir("{run}") / "model.safetensors",
         meta=PATHS.run_dir("{run}") / "model.json",

@@ -233,13 +233,22 @@ class AdaptedModel(nn.Module):
 
     # ---- plain timm state dicts ----
     def load_plain_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
-        """Load a plain timm state dict into both copies of every adapted parameter."""
+        """Load a plain timm state dict into both copies of every adapted parameter.
+
+        Strict both ways, like ``load_state_dict``: a missing key or one the
+        network does not have (another architecture's weights) is an error.
+        """
         mapped = {}
-        for key, value in self.net.state_dict().items():
+        for key in self.net.state_dict():
             plain = plain_key(key)
             if plain not in state_dict:
-                raise KeyError(f"the plain state dict has no '{plain}' (needed for '{key}')")
+                raise KeyError(f"the plain state dict has no '{plain}' (needed for '{key}'): "
+                               "is it the state dict of the same timm architecture?")
             mapped[key] = state_dict[plain]
+        unused = sorted(set(state_dict) - {plain_key(k) for k in mapped})
+        if unused:
+            raise KeyError(f"the plain state dict has {len(unused)} key(s) this network does not have, e.g. "
+                           f"{unused[:3]}: is it the state dict of the same timm architecture?")
         self.net.load_state_dict(mapped)
 
     def plain_state_dict(self, w: float) -> Dict[str, torch.Tensor]:

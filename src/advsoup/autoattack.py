@@ -1,0 +1,96 @@
+"""AutoAttack (Croce & Hein, ICML 2020) through the maintained package ``pyautoattack``.
+
+The final robust numbers of a run come from here, PGD (advsoup.attacks) being
+the attack of the soup sweeps. AutoAttack runs through the soup weight it
+evaluates, on the model in eval mode, with the threat model (norm, eps) of
+``evaluate.attack``. The package seeds the global torch RNG; it runs inside
+``torch.random.fork_rng`` so the caller's random stream is left as it was.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from .attacks import eval_mode
+from .config import AttackConfig, AutoAttackConfig
+from .logs import LOGGER
+from .models.adapters import AdaptedModel
+
+PACKAGE_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+class AtWeight(nn.Module):
+    """``model(., w)`` as a one-argument module, the interface attack packages call."""
+
+    def __init__(self, model: AdaptedModel, w: float) -> None:
+        super().__init__()
+        self.model, self.w = model, float(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.w)
+
+
+def build(model: nn.Module, attack: AttackConfig, cfg: AutoAttackConfig, device: torch.device, seed: int = 0):
+    from pyautoattack import AutoAttack
+
+    extra = {"attacks": list(cfg.attacks)} if cfg.version == "custom" else {}
+    return AutoAttack(model, norm=PACKAGE_NORMS[attack.norm], eps=attack.eps, version=cfg.version, seed=seed,
+                      device=device, **extra)
+
+
+def record(aa: Any, cfg: AutoAttackConfig, attack: AttackConfig, subset: int) -> Dict[str, Any]:
+    """What an AutoAttack number was measured with, read from the configured attack object itself."""
+    iterations = {
+        "apgd-ce": aa.apgd.n_iter, "apgd-dlr": aa.apgd.n_iter, "apgd-t": aa.apgd_targeted.n_iter,
+        "fab": aa.fab.n_iter, "fab-t": aa.fab.n_iter, "square": aa.square.n_queries,
+    }
+    # FAB-T always runs one restart per target class: the package sets it when it runs FAB-T.
+    restarts = {"apgd-ce": aa.apgd.n_restarts, "apgd-dlr": aa.apgd.n_restarts, "apgd-t": aa.apgd_targeted.n_restarts,
+                "fab": aa.fab.n_restarts, "fab-t": 1, "square": aa.square.n_restarts}
+    from pyautoattack import __version__
+
+    return {"name": f"AutoAttack-{cfg.version}", "package": f"pyautoattack {__version__}",
+            "attacks": list(aa.attacks_to_run), "norm": attack.norm, "eps": attack.eps,
+            # iterations per attack (Square: queries); APGD-T and FAB-T run them for each target class
+            "steps": {a: iterations[a] for a in aa.attacks_to_run},
+            "restarts": {a: restarts[a] for a in aa.attacks_to_run},
+            "target_classes": {a: n for a, n in (("apgd-t", aa.apgd_targeted.n_target_classes),
+                                                 ("fab-t", aa.fab.n_target_classes)) if a in aa.attacks_to_run},
+            "subset": subset}
+
+
+def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
+                 cfg: AutoAttackConfig, batch_size: int, device: torch.device,
+                 seed: int = 0) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """Per image, whether ``model(., w)`` still classifies it correctly under AutoAttack; and the attack record."""
+    x, y = x.to(device), y.to(device)
+    aa_log = logging.getLogger("auto-attack")  # the package's per-attack progress goes to the run's log
+    handlers = logging.getLogger(LOGGER).handlers
+    previous = (aa_log.level, aa_log.propagate)
+    aa_log.setLevel(logging.DEBUG)
+    aa_log.propagate = False
+    for h in handlers:
+        aa_log.addHandler(h)
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), eval_mode(model):
+            aa = build(AtWeight(model, w), attack, cfg, device, seed)
+            rec = record(aa, cfg, attack, len(y))  # before the run, which changes some settings (FAB-T's restarts)
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+            with torch.no_grad():
+                flags = torch.cat([model(x_adv[i:i + batch_size], w).argmax(1) == y[i:i + batch_size]
+                                   for i in range(0, len(y), batch_size)])
+    finally:
+        for h in handlers:
+            aa_log.removeHandler(h)
+        aa_log.setLevel(previous[0])
+        aa_log.propagate = previous[1]
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if attack.norm == "linf" else delta.norm(dim=1)
+    if float(size.max()) > attack.eps * (1 + 1e-4) + 1e-6 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+        raise RuntimeError(f"AutoAttack returned a perturbation of {attack.norm} size {float(size.max()):.5f} "
+                           f"(eps {attack.eps}) or left [0, 1]: its numbers cannot be trusted")
+    return flags.cpu(), rec

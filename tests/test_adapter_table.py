@@ -1,0 +1,98 @@
+"""results/tables/adapters.csv and the adapter/soup figures, from synthetic metric files of a study grid."""
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from advsoup import figures
+from advsoup.aggregate import aggregate
+
+ATTACK = {"name": "PGD-10", "norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "restarts": 1,
+          "random_start": True, "subset": 100}
+GRID = [("vit", "nominal", "none", 0), ("vit", "adversarial", "none", 0), ("vit", "cotrain", "none", 0),
+        ("vit", "cotrain", "token", 64), ("vit", "cotrain", "layernorm", 1152),
+        ("resnet", "nominal", "none", 0), ("resnet", "adversarial", "none", 0),
+        ("resnet", "cotrain", "batchnorm", 1568)]
+
+
+def _clean(seed, i):
+    return 0.80 + 0.01 * i + 0.002 * seed
+
+
+def _robust(seed, i):
+    return 0.20 + 0.03 * i - 0.004 * seed
+
+
+def _soup(seed, i, w):
+    # clean + robust peaks at w=0.3 for seed 0 and at w=0.7 for seed 1; their mean peaks at w=0.7
+    peak = 0.3 if seed == 0 else 0.7
+    bonus = {0: 0.05, 1: 0.08}[seed]
+    return {"w": w, "clean_acc": round(_clean(seed, i) - 0.05 * w, 5),
+            "robust_acc": round(_robust(seed, i) + 0.05 * w + (bonus if abs(w - peak) < 1e-9 else 0.0), 5)}
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Two seeds of every variant; soups.json for the soupable ones."""
+    evals, soups = [], []
+    for i, (family, training, adapter, params) in enumerate(GRID):
+        for seed in (0, 1):
+            run = f"{family}_{training}_{adapter}-s{seed}"
+            base = {"run": run, "training": training, "adapter": adapter, "family": family, "seed": seed,
+                    "domain_parameters": params, "test_images": 300, "attack": ATTACK}
+            d = tmp_path / "metrics" / run
+            d.mkdir(parents=True)
+            (d / "eval.json").write_text(json.dumps({
+                **base, "clean_mode": {"w": 0.0, "clean_acc": _clean(seed, i), "robust_acc": 0.01},
+                "robust_mode": {"w": 1.0, "clean_acc": 0.7, "robust_acc": _robust(seed, i)}}))
+            evals.append(d / "eval.json")
+            if training == "cotrain" and adapter != "none":
+                (d / "soups.json").write_text(json.dumps(
+                    {**base, "soup": [_soup(seed, i, w) for w in (0.0, 0.3, 0.7, 1.0)]}))
+                soups.append(d / "soups.json")
+    aggregate("synthetic", evals, soups, tmp_path / "summary.json", tmp_path / "tables")
+    return tmp_path
+
+
+def test_adapter_table_rows_are_variants_with_mean_and_std_over_seeds(study):
+    table = pd.read_csv(study / "tables" / "adapters.csv")
+    assert table["variant"].tolist() == [
+        "nominal", "adversarial", "cotrain/none", "cotrain/token", "cotrain/layernorm",
+        "resnet:nominal", "resnet:adversarial", "resnet:cotrain/batchnorm"]
+    row = table.set_index("variant").loc["cotrain/token"]
+    i = 3
+    assert (row.family, row.training, row.adapter, row.domain_parameters, row.seeds) == \
+        ("vit", "cotrain", "token", 64, 2)
+    assert row.clean_acc_clean_mode_mean == pytest.approx((_clean(0, i) + _clean(1, i)) / 2)
+    assert row.clean_acc_clean_mode_std == pytest.approx(0.002 / 2 ** 0.5, abs=1e-5)  # sample std of 2 seeds
+    assert row.robust_acc_robust_mode_mean == pytest.approx((_robust(0, i) + _robust(1, i)) / 2)
+    # One soup weight per variant: the best seed-mean of clean + robust (0.7), not each seed's own best.
+    assert row.best_soup_w == 0.7
+    at = [_soup(s, i, 0.7) for s in (0, 1)]
+    assert row.best_soup_clean_acc_mean == pytest.approx(sum(a["clean_acc"] for a in at) / 2)
+    assert row.best_soup_robust_acc_mean == pytest.approx(sum(a["robust_acc"] for a in at) / 2, abs=1e-5)
+    assert row.best_soup_robust_acc_std > 0.01
+    unsouped = table[table["variant"].isin(["nominal", "adversarial", "cotrain/none", "resnet:nominal"])]
+    assert unsouped["best_soup_w"].isna().all() and unsouped["best_soup_clean_acc_mean"].isna().all()
+
+
+def test_figures_show_every_soupable_variant_and_the_references(study, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", lambda fig: drawn.append(fig))
+    figures.soup_curve(study / "summary.json", study / "tables", study / "soup_curve.png")
+    figures.adapter_figure(study / "tables", study / "adapters.png")
+    soup_fig, adapter_fig = drawn
+    assert (study / "soup_curve.png").stat().st_size > 10_000 and (study / "adapters.png").stat().st_size > 10_000
+
+    # One row per family; the trade-off panel (right) holds its soups and its runs without adapter.
+    (_, vit_tradeoff), (_, resnet_tradeoff) = [row for row in zip(*[iter(soup_fig.axes)] * 2)][:2]
+    legend = lambda ax: sorted(t.get_text() for t in ax.get_legend().get_texts())  # noqa: E731
+    assert legend(vit_tradeoff) == ["reference: adversarial", "reference: cotrain/none", "reference: nominal",
+                                    "soup: cotrain/layernorm", "soup: cotrain/token"]
+    assert legend(resnet_tradeoff) == ["reference: resnet:adversarial", "reference: resnet:nominal",
+                                       "soup: resnet:cotrain/batchnorm"]
+    labels = [t.get_text() for t in adapter_fig.axes[0].get_yticklabels()]
+    assert labels[3] == "cotrain/token  (64 domain params)" and len(labels) == len(GRID)
+    for fig in drawn:
+        plt.close(fig)

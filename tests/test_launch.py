@@ -1,0 +1,82 @@
+"""The submitit launcher on local subprocesses: failures carry the job's log, preemption resumes exactly."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+from jobhelpers import LOCAL, history, quiet, signal_local_tasks, train_job, wait_for_line
+
+from advsoup import launch
+from advsoup.checkpoint import load_tensors
+from advsoup.config import EXPERIMENTS_DIR, REPO_ROOT, Paths, ResourcesConfig, load_config, run_ids
+from advsoup.train import train
+
+# The job functions below live in this file, which the job's interpreter cannot import: ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+BIN = Path(sys.executable).parent
+
+
+def crash(message: str) -> None:
+    print("reading the input", flush=True)
+    raise ValueError(message)
+
+
+def test_a_crash_in_the_job_raises_with_its_log_tail(tmp_path):
+    with pytest.raises(launch.LaunchError) as exc:
+        launch.submit(crash, "train.lr is not a number", LOCAL, ResourcesConfig(cpus=1), "crash", tmp_path, echo=quiet)
+    msg = str(exc.value)
+    assert re.match(r"job \d+ \(crash\) failed: ValueError: train.lr is not a number\n", msg)
+    assert f"log: {tmp_path}" in msg
+    tail = msg.split("--- last lines of the job's log ---\n")[1]
+    assert "Traceback" in tail and tail.rstrip().endswith("ValueError: train.lr is not a number")
+
+
+def test_preempted_training_resumes_to_the_same_weights(tmp_path, prepared):
+    """SIGUSR2 mid-epoch (what SLURM sends before the time limit): save, requeue, resume; bitwise the same."""
+    # checkpoint_every=0: no periodic save, so a mid-epoch state can only come from the signal.
+    job = train_job(tmp_path, prepared, "token-s0", "train.epochs=2", "train.log_every=1",
+                    "train.checkpoint_every=0", "train.threads=1")
+    sub = launch.start(train, job, LOCAL, ResourcesConfig(cpus=1), "preempt", tmp_path / "jobs", echo=quiet)
+    wait_for_line(job.run_dir / "train.log", "epoch 1 step 3/8")
+    signal_local_tasks(sub, signal.SIGUSR2)
+    launch.wait(sub, "preempt", LOCAL, echo=quiet)
+
+    log = (job.run_dir / "train.log").read_text()
+    assert "received SIGUSR2" in log and "Requeued job" in sub.stdout()  # submitit logs INFO to stdout
+    resumed_at = int(re.search(r"resuming token-s0 at step (\d+)/16", log).group(1))
+    assert resumed_at >= 3 and resumed_at % 8 != 0, "resumed from an epoch end, not from the state saved on the signal"
+
+    ref = train_job(tmp_path / "ref", prepared, "token-s0", "train.epochs=2", "train.threads=1")
+    train(ref)
+    got, want = load_tensors(job.run_dir / "model.safetensors"), load_tensors(ref.run_dir / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert history(job.history_file) == history(ref.history_file)  # epoch rows, statistics included
+
+
+def test_a_crashing_job_stops_the_dag_and_leaves_nothing_to_trust(tmp_path, prepared):
+    """A config the schema accepts but the job cannot run: Snakemake stops, shows the job's error, keeps nothing."""
+    shutil.copytree(prepared, tmp_path / "data" / "prepared" / "fashion_mnist")
+    tiny = EXPERIMENTS_DIR / "tiny.yaml"
+    cfg = load_config([tiny])
+    evaluations = [str(Paths(cfg).eval_file(r)) for r in run_ids(cfg)]  # targets: training, then evaluation
+    cmd = [str(BIN / "snakemake"), *evaluations, "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--workflow-profile", str(REPO_ROOT / "workflow" / "profiles" / "local"), "--configfile", str(tiny)]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd + ["--config", "train={batch_size: 1024}"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "failed: ValueError: train.batch_size=1024 exceeds the 512 training images" in out
+    assert "--- last lines of the job's log ---" in out and "Traceback" in out
+    kept = [p for p in (tmp_path / "results").rglob("*")
+            if p.name in ("model.safetensors", "model.json", "train_log.csv", "eval.json")]
+    assert not kept
+    dry = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300).stdout
+    assert any(line.split() == ["train", "2"] for line in dry.splitlines()), dry[-1500:]  # a rerun retrains
