@@ -78,8 +78,8 @@ def test_adapter_table_rows_are_variants_with_mean_and_std_over_seeds(study):
 
 
 def test_figures_show_every_soupable_variant_and_the_references(study, monkeypatch):
-    drawn = []
-    monkeypatch.setattr(figures.plt, "close", lambda fig: drawn.append(fig))
+    drawn, close = [], plt.close
+    monkeypatch.setattr(figures.plt, "close", lambda fig: drawn.append(fig))  # keep the figures to inspect
     figures.soup_curve(study / "summary.json", study / "tables", study / "soup_curve.png")
     figures.adapter_figure(study / "tables", study / "adapters.png")
     soup_fig, adapter_fig = drawn
@@ -95,4 +95,4 @@ def test_figures_show_every_soupable_variant_and_the_references(study, monkeypat
     labels = [t.get_text() for t in adapter_fig.axes[0].get_yticklabels()]
     assert labels[3] == "cotrain/token  (64 domain params)" and len(labels) == len(GRID)
     for fig in drawn:
-        plt.close(fig)
+        close(fig)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from advsoup.config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig
+from advsoup.config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig, VitConfig
 from advsoup.models import FAMILIES, build_model
 
 CASES = [("vit", a) for a in VIT_ADAPTERS] + [("resnet", a) for a in RESNET_ADAPTERS]
@@ -104,3 +104,33 @@ def test_bad_weights_are_refused():
         model(x, 1.5)
     with pytest.raises(ValueError, match="2 soup weights for a batch of 3"):
         model(torch.rand(3, 1, 28, 28), torch.tensor([0.0, 1.0]))
+
+
+def test_dual_batchnorm_soup_interpolates_affine_parameters_and_running_statistics():
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(), "resnet", "batchnorm").train()
+    clean_x, adv_x = torch.rand(16, 1, 28, 28), torch.rand(16, 1, 28, 28) * 0.3 + 0.7
+    model(torch.cat([clean_x, adv_x]), torch.tensor([0.0] * 16 + [1.0] * 16))  # each BN copy gets its statistics
+    _perturb_adv_copies(model)  # and its own affine parameters
+    model.eval()
+    bn = model.net.bn1
+    soup = model.plain_state_dict(0.3)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        clean = getattr(bn.clean, name)
+        adv = bn.adv_params[name] if name in ("weight", "bias") else getattr(bn, f"adv_{name}")
+        assert not torch.allclose(clean, adv)
+        assert torch.allclose(soup[f"bn1.{name}"], 0.7 * clean + 0.3 * adv)
+    plain = FAMILIES["resnet"](ModelConfig()).eval()
+    plain.load_state_dict(soup)  # a dual-BN soup exports as a plain timm ResNet
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(plain((x - model.mean) / model.std), model(x, 0.3), atol=1e-5)
+
+
+def test_plain_state_dict_of_another_architecture_is_refused():
+    model = build_model(ModelConfig(), "vit", "layernorm")
+    bigger = FAMILIES["vit"](ModelConfig(vit=VitConfig(depth=5))).state_dict()
+    with pytest.raises(KeyError, match=r"12 key\(s\) this network does not have.*blocks.4.attn"):
+        model.load_plain_state_dict(bigger)
+    smaller = FAMILIES["vit"](ModelConfig(vit=VitConfig(depth=3))).state_dict()
+    with pytest.raises(KeyError, match="has no 'blocks.3"):
+        model.load_plain_state_dict(smaller)

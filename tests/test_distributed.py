@@ -80,9 +80,9 @@ def test_two_ranks_train_like_one_process(two_rank_run, tmp_path, prepared):
     diff = torch.cat([(got[k] - want[k]).flatten() for k in keys])
     moved = torch.cat([(want[k] - init[k]).flatten() for k in keys])
     # Tolerance: AdamW's first steps are ~lr * sign(gradient), so rounding flips the sign of near-zero gradient
-    # coordinates. Measured: max |diff| 1.6e-5 and |diff|/|moved| ~1e-3 while weights move up to 7e-3;
-    # without the all-reduce (each rank on its own half) the same numbers are 9e-3 and 0.37.
-    assert diff.abs().max() < 2e-4 and diff.norm() / moved.norm() < 1e-2, (diff.abs().max(), diff.norm() / moved.norm())
+    # coordinates. Measured: max |diff| 1.6e-5 and |diff| / |moved| 4e-5 while weights move by up to 7e-3;
+    # without the all-reduce (each rank trains on its own half) the same numbers are 9e-3 and 0.37.
+    assert diff.abs().max() < 2e-4 and diff.norm() / moved.norm() < 2e-3, (diff.abs().max(), diff.norm() / moved.norm())
     # the logged statistics are the global batch's, averaged over the ranks
     for a, b in zip(history(job.history_file), history(one.history_file), strict=True):
         for k in a:

@@ -64,7 +64,8 @@ def test_every_run_on_every_set_at_every_weight(done):
     x, y = load_sets(paths.shift_suite, ["clean"])["clean"][1].tensors()
     assert token["sets"]["clean"]["acc"]["0.00"] == round(clean_accuracy(model, x, y, 0.0, 100, torch.device("cpu")), 5)
     groups = token["groups"]
-    assert set(groups) == {"mean_corruption_s3", "mean_corruption", "sketch", "hard", "average"}
+    assert set(groups) == {"mean_corruption_s3", "gaussian_noise", "fog", "mean_corruption", "sketch", "hard",
+                           "average"}
     mean = np.mean([token["sets"][s]["acc"]["1.00"] for s in ("gaussian_noise-3", "fog-3")])
     assert groups["mean_corruption_s3"]["acc"]["1.00"] == pytest.approx(mean, abs=1e-5)
 
@@ -86,7 +87,8 @@ def test_tables_summary_and_figure(done):
     table = pd.read_csv(paths.tables / "shift.csv")
     assert set(table["run"]) == {"token-s0", "nominal-s0"}
     fog = table[(table["run"] == "token-s0") & (table["shift"] == "fog-3")]
-    assert fog.set_index("w")["acc"].to_dict() == {float(w): a for w, a in out["token-s0"]["sets"]["fog-3"]["acc"].items()}
+    expected = {float(w): a for w, a in out["token-s0"]["sets"]["fog-3"]["acc"].items()}
+    assert fog.set_index("w")["acc"].to_dict() == expected
     assert {"mean_corruption_s3", "average"} <= set(table["shift"])
     adapt = pd.read_csv(paths.tables / "shift_adaptation.csv")
     assert set(adapt["run"]) == {"token-s0"} and set(adapt["method"]) >= {"kshot_soup", "full_finetune"}

@@ -4,6 +4,7 @@ a training job preempted and requeued, and a job killed hard.
 The session fixture starts the cluster (installing Debian's packages on a fresh machine) and stops
 it again unless it was already running. Not root, or neither SLURM nor apt-get: skipped, saying why.
 """
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,9 @@ from jobhelpers import history, quiet, train_job, wait_for_line
 
 from advsoup import launch
 from advsoup.checkpoint import load_tensors
-from advsoup.config import (EXPERIMENTS_DIR, REPO_ROOT, LauncherConfig, Paths, ResourcesConfig, load_config,
-                            run_ids, soup_run_ids)
+from advsoup.cli import JOB_STAGES
+from advsoup.config import (EXPERIMENTS_DIR, REPO_ROOT, LauncherConfig, Paths, ResourcesConfig, dotlist,
+                            load_config, run_ids, soup_run_ids)
 from advsoup.train import train
 
 pytestmark = pytest.mark.slurm
@@ -76,34 +78,44 @@ def accounting(job_ids: list, timeout: float = 60) -> dict:
 
 
 def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path, prepared):
+    """Every compute rule of the tiny experiment's soup study as a SLURM job; training on 2 ranks (gloo)."""
     shutil.copytree(prepared, tmp_path / "data" / "prepared" / "fashion_mnist")
     tiny = EXPERIMENTS_DIR / "tiny.yaml"
-    cfg = load_config([tiny], ["launcher.executor=slurm"])
+    # A --config replaces the profile's config entry, so it names the executor again.
+    overrides = "launcher={executor: slurm, train: {tasks: 2}}"
+    cfg = load_config([tiny], dotlist({"launcher": {"executor": "slurm", "train": {"tasks": 2}}}))
     paths = Paths(cfg)
     targets = [str(paths.summary), str(paths.figures / "soup_curve.png")]
     cmd = [str(BIN / "snakemake"), *targets, "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--workflow-profile", str(REPO_ROOT / "workflow" / "profiles" / "slurm"), "--configfile", str(tiny)]
+           "--workflow-profile", str(REPO_ROOT / "workflow" / "profiles" / "slurm"), "--configfile", str(tiny),
+           "--config", overrides]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
-    summary = (tmp_path / paths.summary).read_text()
-    assert '"experiment": "tiny"' in summary and (tmp_path / paths.figures / "soup_curve.png").stat().st_size > 20_000
-    # every compute rule ran as a SLURM job: named, logged under results/logs/, accounted COMPLETED with
-    # the CPUs and memory that params/experiments/tiny.yaml and params/defaults.yaml ask for
-    expected = {f"train-{r}" for r in run_ids(cfg)} | {f"evaluate-{r}" for r in run_ids(cfg)} | \
+    summary = json.loads((tmp_path / paths.summary).read_text())
+    assert summary["experiment"] == "tiny" and set(summary["runs"]) == set(run_ids(cfg))
+    assert (tmp_path / paths.figures / "soup_curve.png").stat().st_size > 20_000
+    # Every job: named after its rule, its files under results/logs/, accounted COMPLETED with the
+    # CPUs and memory asked for (training: 2 tasks of launcher.train.cpus each).
+    ids = {d.parent.name: d.name for d in (tmp_path / paths.logs / "tiny" / "jobs").glob("*/[0-9]*")}
+    expected = {f"{stage}-{r}" for stage in ("train", "evaluate") for r in run_ids(cfg)} | \
         {f"soups-{r}" for r in soup_run_ids(cfg)}
-    jobs_dir = tmp_path / paths.logs / "tiny" / "jobs"
-    ids = {d.parent.name: d.name for d in jobs_dir.glob("*/[0-9]*")}
     assert expected <= set(ids), sorted(ids)
-    records = accounting([ids[name] for name in expected])
-    for name in expected:
-        (record,) = records[ids[name]]
-        resources = cfg.launcher.train if name.startswith("train") else cfg.launcher.evaluate
-        assert record == dict(name=f"tiny-{name}", state="COMPLETED", cpus=str(resources.cpus),
-                              mem=f"{resources.mem_gb:g}G", exit="0:0"), (name, record)
+    records = accounting(list(ids.values()))
+    for name, jid in ids.items():
+        stage = next(name[:-len(r) - 1] for r in run_ids(cfg) if name.endswith(f"-{r}"))
+        key, distributed = JOB_STAGES[stage]
+        res = getattr(cfg.launcher, key)
+        (record,) = records[jid]
+        assert record == dict(name=f"tiny-{name}", state="COMPLETED", cpus=str(res.cpus * (2 if distributed else 1)),
+                              mem=f"{res.mem_gb:g}G", exit="0:0"), (name, record)
         rule_log = (tmp_path / paths.logs / "tiny" / f"{name}.log").read_text()
-        assert f"submitted tiny-{name} as slurm job {ids[name]}" in rule_log and f"job {ids[name]} done" in rule_log
+        assert f"submitted tiny-{name} as slurm job {jid}" in rule_log and f"job {jid} done" in rule_log
+    train_log = (tmp_path / paths.run_dir("token-s0") / "train.log").read_text()
+    assert "64 domain-specific parameters" in train_log
+    assert (tmp_path / paths.logs / "tiny" / "jobs" / "train-token-s0" / ids["train-token-s0"] /
+            f"{ids['train-token-s0']}_1_log.err").read_text().count("INFO epoch 1 step 8/8") == 1  # rank 1 trained
 
 
 def test_a_preempted_slurm_job_requeues_and_resumes_exactly(slurm_cluster, tmp_path, prepared):

@@ -180,7 +180,8 @@ def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> Non
     for variant, s in summary["variants"].items():
         g = s["kshot_gain_over_clean"]
         print(f"  {variant}: k-shot soup (k={s['k']}) - clean mode, averaged over {', '.join(s['shifts'])}: "
-              f"{100 * g['mean']:+.2f} +- {100 * g['std']:.2f} points ({s['samples']} seeds x draws)")
+              f"{100 * g['mean']:+.2f} +- {100 * g['std']:.2f} points (spread over {s['draws']} draws x "
+              f"{s['seeds']} seed(s))")
 
 
 def _cmd_shift_figure(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
@@ -195,6 +196,8 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     print(f"  summary  {paths.summary}")
     print(f"  tables   {paths.tables}/runs.csv, {paths.tables}/soups.csv")
     print(f"  figure   {paths.figures / 'soup_curve.png'}")
+    print(f"  adapters {paths.tables}/adapters.csv (per variant), figure {paths.figures / 'adapters.png'}; "
+          f"parameter accounting {paths.parameters_table}")
     print(f"  runs     {Path(cfg.results_dir) / 'runs' / cfg.experiment}/<run>/ (weights, training log, config)")
     if summary and summary.get("experiment") == cfg.experiment:
         a = summary["attack"]
@@ -229,8 +232,7 @@ def _print_robustness(summary: dict) -> None:
                   f" (PGD on the same images {100 * aa['robust_mode']['pgd_robust_acc']:.1f}%)")
     checks = summary.get("masking_checks")
     if checks:
-        print(f"
-gradient-masking checks: {checks['status'].upper()} ({checks['passed']} of {checks['checks']} "
+        print(f"\ngradient-masking checks: {checks['status'].upper()} ({checks['passed']} of {checks['checks']} "
               f"passed; details in results/metrics/<experiment>/<run>/robustness.json)")
         for line in checks["failed"]:
             print(f"  FAILED   {line}")

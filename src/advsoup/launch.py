@@ -75,15 +75,18 @@ def executor_for(cfg: LauncherConfig, res: ResourcesConfig, name: str, folder: P
 
 
 def log_tail(job: submitit.Job, lines: int = 40) -> str:
-    text = ""
-    for getter in (job.stderr, job.stdout):
+    """The job's last log lines: stderr (tracebacks, the stage's log), topped up with stdout's when short."""
+    def read(getter: Callable[[], Any]) -> list:
         try:
-            text = getter() or ""
+            return (getter() or "").strip().splitlines()
         except Exception:  # the log may not exist when the job never started
-            text = ""
-        if text.strip():
-            break
-    return "\n".join(text.strip().splitlines()[-lines:])
+            return []
+
+    err = read(job.stderr)[-lines:]
+    out = read(job.stdout)[len(err) - lines:] if len(err) < lines else []
+    if out and err:
+        return "\n".join(["(stdout)", *out, "(stderr)", *err])
+    return "\n".join(out or err)
 
 
 def _reason(exc: Exception, sub: submitit.Job) -> str:

@@ -12,8 +12,8 @@ examples (advsoup.adapt) over ``shift.draws`` draws:
     oracle_soup                 the best weight on the evaluation examples themselves
 
 all scored on the same n-k evaluation examples of each draw. Groups summarise
-the sets: mean corruption accuracy per severity and overall, sketch, hard,
-and their average (the corruptions count once, as ImageNet-C does among the
+the sets: mean corruption accuracy per severity, per corruption and overall,
+sketch, hard, and their average (the corruptions count once, as ImageNet-C does among the
 paper's shifted test sets).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from .adapt import choose_weight, finetune, kshot_split, mean_std, predict
 from .atomic import write_json
-from .config import EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
+from .config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
 from .data.prepared import load_split
 from .data.shifts import CLEAN, HARD, SKETCH, load_sets, read_manifest, write_sets
 from .evaluate import load_run
@@ -124,10 +124,13 @@ def _adapt(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, correct: np.nd
 
 
 def _groups(sets: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
-    """Summary groups -> the sets they average: per severity, all corruptions, sketch, hard."""
+    """Summary groups -> the sets they average: per severity, per corruption (named after it),
+    all corruptions, sketch, hard."""
     corr = {n: e for n, e in sets.items() if e["kind"] == "corruption"}
     groups = {f"{MEAN_CORRUPTION}_s{s}": [n for n, e in corr.items() if e["severity"] == s]
               for s in sorted({e["severity"] for e in corr.values()})}
+    groups.update({c: [n for n, e in corr.items() if e["corruption"] == c]
+                   for c in CORRUPTIONS if any(e["corruption"] == c for e in corr.values())})
     if corr:
         groups[MEAN_CORRUPTION] = list(corr)
     groups.update({k: [k] for k in (SKETCH, HARD) if k in sets})

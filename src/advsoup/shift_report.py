@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 from .adapt import mean_std  # noqa: E402
 from .aggregate import variant_name  # noqa: E402
 from .atomic import atomic_path, write_json  # noqa: E402
+from .config import CORRUPTIONS  # noqa: E402
 from .shift import AVERAGE, MEAN_CORRUPTION, METHODS  # noqa: E402
 
 LABELS = {"clean_mode": "clean mode (w=0)", "robust_mode": "robust mode (w=1)",
@@ -43,7 +44,7 @@ def _rows(rec: Dict[str, Any]):
         yield name, s["kind"], s.get("corruption", ""), s.get("severity", ""), s
     for name, g in rec["groups"].items():
         sev = name.rsplit("_s", 1)[1] if name.startswith(f"{MEAN_CORRUPTION}_s") else ""
-        yield name, "group", "", sev, g
+        yield name, "group", name if name in CORRUPTIONS else "", sev, g
 
 
 def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Path) -> Dict[str, Any]:
@@ -58,6 +59,11 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
         base = {"run": rec["run"], "variant": variant, "seed": rec["seed"]}
         for shift, kind, corruption, severity, r in _rows(rec):
             ids = {**base, "shift": shift, "kind": kind, "corruption": corruption, "severity": severity}
+            if kind == "group" and "per_draw" in r:
+                draw_rows += [{**ids, "draw": d, "method": m, "acc": v}
+                              for m in METHODS for d, v in enumerate(r["per_draw"][m])]
+            if kind == "group" and shift in rec["sets"]:
+                continue  # a group of one set (sketch, hard): its rows are the set's
             acc_rows += [{**ids, "w": float(w), "acc": a} for w, a in r["acc"].items()]
             if "adaptation" in r and kind != "group":
                 stats = {m: mean_std([d[m] for d in r["adaptation"]]) for m in METHODS}
@@ -66,8 +72,6 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
                          "oracle_w": mean_std([d["oracle_w"] for d in r["adaptation"]])["mean"]}
             elif "adaptation" in r:
                 stats, gain, extra = r["adaptation"], r["adaptation"]["kshot_gain_over_clean"], {}
-                draw_rows += [{**ids, "draw": d, "method": m, "acc": v}
-                              for m in METHODS for d, v in enumerate(r["per_draw"][m])]
             else:
                 continue
             for m in METHODS:
@@ -80,7 +84,8 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
             per = gains.setdefault(variant, {m: [] for m in METHODS})
             for m in METHODS:
                 per[m] += avg["per_draw"][m]
-            meta[variant] = {"k": rec["k"], "draws": rec["draws"], "shifts": avg["sets"]}
+            meta[variant] = {"k": rec["k"], "draws": rec["draws"], "shifts": avg["sets"],
+                             "seeds": meta.get(variant, {}).get("seeds", 0) + 1}
     summary: Dict[str, Any] = {"variants": {}}
     for variant, per in sorted(gains.items()):
         gain = np.asarray(per["kshot_soup"]) - np.asarray(per["clean_mode"])
@@ -96,12 +101,8 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
     return summary
 
 
-def _shift_label(row: pd.Series) -> str:
-    if row["shift"] == AVERAGE:
-        return "AVERAGE"
-    if row["shift"] == MEAN_CORRUPTION:
-        return "corruptions (mean)"
-    return row["shift"]
+def _shift_label(shift: str) -> str:
+    return {AVERAGE: "AVERAGE", MEAN_CORRUPTION: "all corruptions"}.get(shift, shift.replace("_", " "))
 
 
 def shift_figure(tables_dir: Path, summary_path: Path, out: Path) -> Path:
@@ -112,8 +113,8 @@ def shift_figure(tables_dir: Path, summary_path: Path, out: Path) -> Path:
     summary = json.loads(summary_path.read_text())
     sns.set_theme(style="whitegrid", context="notebook")
     variants = sorted(draws["variant"].unique()) if not draws.empty else []
-    fig, axes = plt.subplots(max(1, len(variants)), 2, figsize=(15, 5.5 * max(1, len(variants))), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, axes = plt.subplots(max(1, len(variants)), 2, figsize=(17, 6 * max(1, len(variants))), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.6, 1]})
     if not variants:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no run with an adapter: nothing to adapt", ha="center", va="center")
@@ -123,23 +124,29 @@ def shift_figure(tables_dir: Path, summary_path: Path, out: Path) -> Path:
         mine = draws[draws["variant"] == variant].copy()
         mine["method"] = mine["method"].map(LABELS)
         mine["acc"] *= 100
-        top = mine[mine["shift"].isin([MEAN_CORRUPTION, "sketch", "hard", AVERAGE])].copy()
-        top["shift"] = top.apply(_shift_label, axis=1)
+        # per corruption (mean over severities), all corruptions, sketch, hard, and their average
+        shifts = [c for c in CORRUPTIONS if c in set(mine["shift"])] + \
+            [s for s in (MEAN_CORRUPTION, "sketch", "hard", AVERAGE) if s in set(mine["shift"])]
+        top = mine[mine["shift"].isin(shifts)].copy()
+        top["shift"] = top["shift"].map(_shift_label)
         sns.barplot(data=top, x="shift", y="acc", hue="method", hue_order=order, errorbar="sd", ax=ax_bar,
-                    order=[s for s in ("corruptions (mean)", "sketch", "hard", "AVERAGE") if s in set(top["shift"])])
+                    order=[_shift_label(s) for s in shifts], legend=False)
+        ax_bar.tick_params(axis="x", labelrotation=40)
+        for label in ax_bar.get_xticklabels():
+            label.set_horizontalalignment("right")
         s = summary["variants"].get(variant, {})
         g = s.get("kshot_gain_over_clean", {})
         ax_bar.set(xlabel="shifted test set", ylabel="top-1 accuracy (%)", ylim=(0, 100),
                    title=f"{variant}: adapting from k={s.get('k')} labelled target examples "
                          f"(k-shot soup - clean mode on average: {100 * g.get('mean', np.nan):+.2f} "
                          f"+- {100 * g.get('std', np.nan):.2f} points)")
-        ax_bar.legend(fontsize=8, loc="lower left")
         sev = mine[mine["shift"].str.match(rf"{MEAN_CORRUPTION}_s\d")].copy()
         if not sev.empty:
             sev["severity"] = sev["shift"].str.rsplit("_s", n=1).str[1].astype(int)
             sns.lineplot(data=sev, x="severity", y="acc", hue="method", hue_order=order, marker="o",
-                         errorbar="sd", ax=ax_sev, legend=False)
+                         errorbar="sd", ax=ax_sev)
             ax_sev.set_xticks(sorted(sev["severity"].unique()))
+            ax_sev.legend(title="method (same colours left)", fontsize=8, title_fontsize=8, loc="upper right")
         ax_sev.set(xlabel="corruption severity (ImageNet-C scale 1-5)", ylabel="mean corruption accuracy (%)",
                    title="mean over corruptions, per severity")
     fig.suptitle("Distribution shifts: clean accuracy (no attack); bars and bands show the spread over draws "
