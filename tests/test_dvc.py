@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import yaml
 from advsoup.config import REPO_ROOT
 
 BIN = Path(sys.executable).parent
+TIMEOUT = 1800  # s per command: a full run takes ~1 min on an idle 2-core machine, far longer on a busy one
 COPIED = ["dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignore", ".gitignore", "Snakefile",
           "workflow", "params", "src"]
 EXP = "tiny"
@@ -38,9 +40,19 @@ VERSIONED = ["data/prepared/fashion_mnist", f"data/shifts/{EXP}", f"results/runs
 
 
 def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    """Run cmd in cwd; when cwd is a repository, its own src/ provides advsoup."""
+    """Run cmd in cwd; when cwd is a repository, its own src/ provides advsoup.
+
+    On a timeout the whole process group goes (dvc -> snakemake -> jobs), not just cmd.
+    """
     env = {**env, "PYTHONPATH": str(cwd / "src")} if (cwd / "src" / "advsoup").is_dir() else env
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-4000:]}")
@@ -77,7 +89,7 @@ def env(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory, env) -> SimpleNamespace:
-    """Repo A: commit 1 = the tiny experiment, commit 2 = the same after evaluate.robust_subset 100 -> 50."""
+    """Repo A: commit 1 = the tiny experiment, commit 2 = the same with one more soup weight (0.25)."""
     repo = tmp_path_factory.mktemp("a") / "advsoup"
     repo.mkdir()
     for name in COPIED:
@@ -101,11 +113,11 @@ def history(tmp_path_factory, env) -> SimpleNamespace:
 
     exp_file = repo / "params" / "experiments" / f"{EXP}.yaml"
     text = exp_file.read_text()
-    assert text.count("robust_subset: 100") == 1
-    exp_file.write_text(text.replace("robust_subset: 100", "robust_subset: 50"))
+    assert text.count("soup_weights: [0.0, 0.5, 1.0]") == 1
+    exp_file.write_text(text.replace("soup_weights: [0.0, 0.5, 1.0]", "soup_weights: [0.0, 0.25, 0.5, 1.0]"))
     second = sh(["dvc", "repro"], repo, env)
     sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "robust_subset 50"], repo, env)
+    sh(["git", "commit", "-qm", "soup weight 0.25"], repo, env)
     return SimpleNamespace(repo=repo, first=first.stdout + first.stderr, second=second.stdout + second.stderr,
                            weights=weights)
 
@@ -121,34 +133,35 @@ def test_dag_runs_data_then_experiment_then_figures(history, env):
                      ("experiment", "figures")}, dot
 
 
-def test_a_param_edit_reruns_evaluation_but_not_training(history):
+def test_a_param_edit_reruns_the_soups_but_not_training(history):
     for stage in ("prepare", "shift_suite", "experiment", "figures"):
         assert f"Running stage '{stage}'" in history.first
-    # Snakemake's job table of the second run: the evaluation, not the training
+    # Snakemake's job table of the second run: the soup sweep, neither training nor evaluation
     jobs = dict(re.findall(r"(?m)^(\w+)\s+(\d+)$", history.second.split("Job stats:")[1].split("total")[0]))
-    assert jobs.get("evaluate") == "2" and jobs.get("soups") == "1" and "train" not in jobs, history.second[-3000:]
+    assert jobs.get("soups") == "1" and not {"train", "evaluate"} & set(jobs), history.second[-3000:]
     assert {p.parent.name for p in history.weights} >= {"nominal-s0", "token-s0"}
     assert all(p.stat().st_mtime_ns == t for p, t in history.weights.items()), "a checkpoint was rewritten"
 
 
 def test_metrics_and_params_diff_show_the_change(history, env):
     params = json.loads(sh(["dvc", "params", "diff", "HEAD~1", "--json"], history.repo, env).stdout)
-    assert params == {f"params/experiments/{EXP}.yaml": {"evaluate.robust_subset": {"old": 100, "new": 50}}}
+    assert params == {f"params/experiments/{EXP}.yaml": {
+        "evaluate.soup_weights": {"old": [0.0, 0.5, 1.0], "new": [0.0, 0.25, 0.5, 1.0]}}}
 
     out = json.loads(sh(["dvc", "metrics", "diff", "HEAD~1", "--json"], history.repo, env).stdout)
     diff = out["results/summary.json"]
-    assert diff["attack.subset"] == {"old": 100, "new": 50, "diff": -50}
-    # Exactly the numbers that differ between the two committed summaries, and only robust ones.
+    # The new soup weight's accuracies appear; the other weights keep theirs (same attack seed).
+    for acc in ("clean_acc", "robust_acc"):
+        assert diff[f"runs.token-s0.soup.0.25.{acc}"]["old"] is None
     old = flat(json.loads(git_show(history.repo, "HEAD~1", "results/summary.json", env)))
     new = flat(json.loads(git_show(history.repo, "HEAD", "results/summary.json", env)))
     changed = {k for k in new if isinstance(new[k], (int, float)) and not isinstance(new[k], bool)
                and old.get(k) != new[k]}
-    assert set(diff) == changed
-    assert all(k == "attack.subset" or k.endswith("robust_acc") for k in changed), changed
+    assert set(diff) == changed, "dvc metrics diff is not the difference of the two committed summaries"
     for k in changed:
-        assert diff[k]["old"] == old[k] and diff[k]["new"] == new[k]
+        assert diff[k]["old"] == old.get(k) and diff[k]["new"] == new[k], k
     table = sh(["dvc", "metrics", "diff", "HEAD~1"], history.repo, env).stdout
-    assert "results/summary.json" in table and "attack.subset" in table
+    assert "results/summary.json" in table and "runs.token-s0.soup.0.25.robust_acc" in table
 
 
 def _specs(html: str) -> dict[str, dict]:

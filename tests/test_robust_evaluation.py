@@ -11,11 +11,13 @@ import re
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from advsoup import autoattack
+from advsoup.aggregate import aggregate
 from advsoup.attacks import pgd
 from advsoup.cli import _print_robustness, main
 from advsoup.config import EXPERIMENTS_DIR, AttackConfig, ConfigError, Paths, load_config, split_run_id
@@ -27,16 +29,13 @@ from advsoup.train import TrainJob, train
 
 CPU = torch.device("cpu")
 # The evaluation protocol under test: PGD-10 at l-inf eps 0.1, step 2.5 * eps / steps (the defaults).
-SETTINGS = ["data.train_size=6400", "data.test_size=1000", "train.epochs=3", "train.warmup_epochs=0.2",
-            "evaluate.attack.steps=10", "evaluate.attack.step_size=0.025", "evaluate.robust_subset=500",
-            "evaluate.autoattack.version=custom", "evaluate.autoattack.attacks=[apgd-ce,apgd-t]",
-            "evaluate.autoattack.subset=100", "evaluate.robustness.subset=200",
-            "evaluate.robustness.weights=[1.0]"]
+SETTINGS = ["model.vit.embed_dim=32", "model.vit.depth=2", "model.vit.num_heads=2", "data.train_size=6400", "data.test_size=1000", "train.epochs=3", "train.warmup_epochs=0.2",
+            "evaluate.attack.steps=10", "evaluate.attack.step_size=0.025", "evaluate.robust_subset=200"]
 
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory, prepared):
-    """A ViT co-trained with the class-token adapter: 300 steps of 64 images (PGD-2, eps 0.1)."""
+    """A small ViT (width 32, depth 2) co-trained with the class-token adapter: 300 steps of 64 images (PGD-2, eps 0.1)."""
     tmp = tmp_path_factory.mktemp("token")
     overrides = [f"results_dir={tmp}/results", f"data.prepared_dir={prepared.parent}", "launcher.executor=inline",
                  f"launcher.log_dir={tmp}/logs"] + SETTINGS
@@ -130,10 +129,12 @@ def test_masking_checks_fail_on_a_gradient_masked_model(token):
 
 
 def test_autoattack_is_never_above_pgd(token):
+    """APGD-CE and APGD-T: the standard version's FAB-T and Square would take minutes on CPU."""
     model, x, y, cfg, _ = token
     n = 40
     a = cfg.evaluate.attack
-    aa_ok, rec = autoattack.robust_flags(model, x[:n], y[:n], 1.0, a, cfg.evaluate.autoattack, 100, CPU)
+    aa_cfg = dataclasses.replace(cfg.evaluate.autoattack, version="custom", attacks=["apgd-ce", "apgd-t"])
+    aa_ok, rec = autoattack.robust_flags(model, x[:n], y[:n], 1.0, a, aa_cfg, 100, CPU)
     pgd_acc = robust_accuracy(model, x[:n], y[:n], 1.0, cfg.evaluate, CPU)
     print(f"robust mode on {n} images: PGD-10 {pgd_acc:.3f}, {rec['name']} {rec['attacks']} {float(aa_ok.float().mean()):.3f}")
     assert float(aa_ok.float().mean()) <= pgd_acc + 1e-9
@@ -142,7 +143,7 @@ def test_autoattack_is_never_above_pgd(token):
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
-    autoattack.robust_flags(model, x[:8], y[:8], 1.0, a, cfg.evaluate.autoattack, 8, CPU)
+    autoattack.robust_flags(model, x[:8], y[:8], 1.0, a, aa_cfg, 8, CPU)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -166,22 +167,44 @@ def test_pgd_agrees_with_the_adversarial_robustness_toolbox(token):
     assert 0.2 < ours and abs(ours - theirs) <= 0.015
 
 
-def test_evaluate_and_robustness_stages_name_every_robust_number(token):
-    """The CLI stages on the trained run: eval.json with AutoAttack, robustness.json, the summary and `where`."""
+def test_evaluate_and_robustness_stages_name_every_robust_number(token, capsys):
+    """The CLI stages on the trained run, then the summary and `advsoup where`: AutoAttack numbers with their
+    attack, and a failed masking check named, not averaged away."""
     model, x, y, cfg, overrides = token
     tiny = str(EXPERIMENTS_DIR / "tiny.yaml")
     paths = Paths(cfg)
     assert main(["evaluate", "--config", tiny, "--run", "token-s0", *overrides]) == 0
     ev = json.loads(paths.eval_file("token-s0").read_text())
-    aa = ev["autoattack"]
-    assert aa["attack"]["name"] == "AutoAttack-custom" and aa["attack"]["subset"] == 100
-    assert aa["pgd_attack"] == {**ev["attack"], "subset": 100}
+    aa = ev["autoattack"]  # tiny: APGD-CE on the first 50 images
+    assert aa["attack"]["name"] == "AutoAttack-custom" and aa["attack"]["subset"] == 50
+    assert aa["attack"]["steps"] == {"apgd-ce": 100} and aa["attack"]["eps"] == ev["attack"]["eps"]
+    assert aa["pgd_attack"] == {**ev["attack"], "subset": 50}
     for mode in ("clean_mode", "robust_mode"):
         assert aa[mode]["robust_acc"] <= aa[mode]["pgd_robust_acc"] + 0.005
     assert main(["robustness", "--config", tiny, "--run", "token-s0", *overrides]) == 0
     rob = json.loads(paths.robustness_file("token-s0").read_text())
-    assert rob["status"] == PASS and rob["checks"] == 5 and rob["attack"]["subset"] == 200, rob["failed"]
+    assert rob["status"] == PASS and rob["n_checks"] == 5 and rob["attack"]["subset"] == 100, rob["failed"]
     assert (paths.run_dir("token-s0") / "robustness.log").is_file()
+
+    summary = aggregate("tiny", [paths.eval_file("token-s0")], [], paths.summary, paths.tables,
+                        robustness_files=[paths.robustness_file("token-s0")])
+    assert summary["masking_checks"] == {"status": PASS, "failed": [], "skipped": [], "n_passed": 5, "n_checks": 5}
+    assert summary["runs"]["token-s0"]["autoattack"] == aa
+    row = pd.read_csv(paths.tables / "runs.csv").iloc[0]
+    assert row["autoattack"] == "AutoAttack-custom linf eps=0.1 on 50 images"
+    assert row["pgd_attack"] == "PGD-10 linf eps=0.1 on 200 images" and row["masking_checks"] == PASS
+
+    failing = paths.metrics_dir("token-s0") / "robustness_failing.json"
+    rob["checks"][1]["status"] = FAIL
+    failing.write_text(json.dumps({**rob, **status(rob["checks"])}))
+    summary = aggregate("tiny", [paths.eval_file("token-s0")], [], paths.summary, paths.tables,
+                        robustness_files=[failing])
+    assert summary["masking_checks"]["status"] == FAIL
+    assert summary["masking_checks"]["failed"] == ["token-s0: large_eps_near_zero (w=1.00)"]
+    _print_robustness(summary)
+    out = capsys.readouterr().out
+    assert "gradient-masking checks: FAIL (4 of 5 passed" in out
+    assert "FAILED   token-s0: large_eps_near_zero (w=1.00)" in out
 
 
 def test_config_refuses_weak_or_malformed_robust_evaluation():

@@ -31,6 +31,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 SCRIPTS = REPO_ROOT / "scripts" / "slurm"
 STATE = Path(os.environ.get("ADVSOUP_SLURM_STATE", "/var/tmp/advsoup-slurm"))
 SLURM = LauncherConfig(executor="slurm", poll_seconds=0.5)
+RES = ResourcesConfig(cpus=1, mem_gb=2)
 BIN = Path(sys.executable).parent
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}
 
@@ -118,28 +119,37 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path, prep
             f"{ids['train-token-s0']}_1_log.err").read_text().count("INFO epoch 1 step 8/8") == 1  # rank 1 trained
 
 
-def test_a_preempted_slurm_job_requeues_and_resumes_exactly(slurm_cluster, tmp_path, prepared):
-    """scancel --signal=USR2, as SLURM itself does before the time limit: save, requeue, same weights."""
+def test_cancelled_then_preempted_training_resumes_exactly(slurm_cluster, tmp_path, prepared):
+    """scancel (SIGTERM): save and stop, no requeue; the next submission resumes. Then SIGUSR2, which
+    SLURM sends before the time limit: save and requeue. Final weights: those of an uninterrupted run."""
     job = train_job(tmp_path, prepared, "token-s0", "train.epochs=2", "train.log_every=1",
                     "train.checkpoint_every=0", "train.threads=1")
-    sub = launch.start(train, job, SLURM, ResourcesConfig(cpus=1, mem_gb=2), "preempt", tmp_path / "jobs",
-                       echo=quiet)
-    wait_for_line(job.run_dir / "train.log", "epoch 1 step 3/8")
-    subprocess.run(["scancel", "--signal=USR2", sub.job_id], check=True, timeout=30)
+    log = job.run_dir / "train.log"
+
+    first = launch.start(train, job, SLURM, RES, "cancel", tmp_path / "jobs", echo=quiet)
+    wait_for_line(log, "epoch 1 step 3/8")
+    subprocess.run(["scancel", first.job_id], check=True, timeout=30)
+    with pytest.raises(launch.LaunchError, match=r"ended without a result \(state CANCELLED"):
+        launch.wait(first, "cancel", SLURM, echo=quiet)
+    assert [r["state"] for r in accounting([first.job_id])[first.job_id]] == ["CANCELLED"]  # not requeued
+    saved = json.loads((job.run_dir / "state.json").read_text())["step"]
+    assert saved >= 3 and saved % 8 != 0, "no mid-epoch state saved on SIGTERM"
+
+    second = launch.start(train, job, SLURM, RES, "preempt", tmp_path / "jobs", echo=quiet)
+    epoch, i = divmod(saved + 2 - 1, 8)
+    wait_for_line(log, f"epoch {epoch + 1} step {i + 1}/8")
+    subprocess.run(["scancel", "--signal=USR2", second.job_id], check=True, timeout=30)
     # Slurm holds a requeued job for 2 minutes (Reason=BeginTime); let it start now.
     end = time.time() + 60
-    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", sub.job_id, "-o", "%r"], capture_output=True,
-                                            text=True, timeout=30).stdout:
+    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", second.job_id, "-o", "%r"],
+                                            capture_output=True, text=True, timeout=30).stdout:
         assert time.time() < end, "the job was not requeued"
         time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={sub.job_id}", "StartTime=now"], check=True, timeout=30)
-    launch.wait(sub, "preempt", SLURM, echo=quiet)
-
-    log = (job.run_dir / "train.log").read_text()
-    resumed_at = int(re.search(r"resuming token-s0 at step (\d+)/16", log).group(1))
-    assert resumed_at >= 3 and resumed_at % 8 != 0
-    runs = accounting([sub.job_id])[sub.job_id]
-    assert [r["state"] for r in runs] == ["REQUEUED", "COMPLETED"], runs
+    subprocess.run(["scontrol", "update", f"JobId={second.job_id}", "StartTime=now"], check=True, timeout=30)
+    launch.wait(second, "preempt", SLURM, echo=quiet)
+    assert [r["state"] for r in accounting([second.job_id])[second.job_id]] == ["REQUEUED", "COMPLETED"]
+    resumed = [int(k) for k in re.findall(r"resuming token-s0 at step (\d+)/16", log.read_text())]
+    assert resumed[0] == saved and resumed[1] >= saved + 2, resumed
 
     ref = train_job(tmp_path / "ref", prepared, "token-s0", "train.epochs=2", "train.threads=1")
     train(ref)

@@ -79,11 +79,11 @@ def masking_summary(records: Sequence[Dict[str, Any]], runs: Dict[str, Dict[str,
         runs.setdefault(rec["run"], {})["masking_checks"] = {k: rec[k] for k in ("status", "failed", "skipped")}
         failed += [f"{rec['run']}: {c}" for c in rec["failed"]]
         skipped += [f"{rec['run']}: {c}" for c in rec["skipped"]]
-        passed, total = passed + rec["passed"], total + rec["checks"]
+        passed, total = passed + rec["n_passed"], total + rec["n_checks"]
     if not records:
         return {}
-    return {"status": "fail" if failed else "pass", "failed": failed, "skipped": skipped, "passed": passed,
-            "checks": total}
+    return {"status": "fail" if failed else "pass", "failed": failed, "skipped": skipped, "n_passed": passed,
+            "n_checks": total}
 
 
 def _attack_label(a: Dict[str, Any]) -> str:

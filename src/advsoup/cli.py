@@ -232,7 +232,7 @@ def _print_robustness(summary: dict) -> None:
                   f" (PGD on the same images {100 * aa['robust_mode']['pgd_robust_acc']:.1f}%)")
     checks = summary.get("masking_checks")
     if checks:
-        print(f"\ngradient-masking checks: {checks['status'].upper()} ({checks['passed']} of {checks['checks']} "
+        print(f"\ngradient-masking checks: {checks['status'].upper()} ({checks['n_passed']} of {checks['n_checks']} "
               f"passed; details in results/metrics/<experiment>/<run>/robustness.json)")
         for line in checks["failed"]:
             print(f"  FAILED   {line}")

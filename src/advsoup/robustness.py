@@ -136,7 +136,7 @@ def status(checks: List[Dict[str, Any]]) -> Dict[str, Any]:
 
     failed = names(FAIL)
     return {"status": FAIL if failed else PASS, "failed": failed, "skipped": names(SKIPPED),
-            "passed": len(names(PASS)), "checks": len(checks)}
+            "n_passed": len(names(PASS)), "n_checks": len(checks)}
 
 
 def run_robustness(job: RobustnessJob) -> Dict[str, Any]:

@@ -4,11 +4,14 @@ Gradients are averaged with an explicit all-reduce after backward rather than
 through DistributedDataParallel: PGD calls the model many times per step
 asking autograd for input gradients only, which DDP's reducer does not expect.
 
-Preemption: submitit's handler for SIGUSR2 checkpoints and requeues the job
-the moment the signal lands, e.g. between the two files of a training state.
-A trainer that asks for it (``preemptible=True``) gets SIGUSR2 and SIGTERM
-noted instead; at its next step boundary it saves and calls
-:meth:`Runtime.requeue`, which hands over to submitit's handler.
+Preemption: submitit's handler for SIGUSR2 (SLURM's warning before the time
+limit, or a cluster's preemption notice) checkpoints and requeues the job the
+moment the signal lands, e.g. between the two files of a training state. A
+trainer that asks for it (``preemptible=True``) gets SIGUSR2 and SIGTERM noted
+instead; at its next step boundary it saves and calls :meth:`Runtime.hand_over`:
+after SIGUSR2 submitit requeues the job; after SIGTERM alone (scancel, or a
+preemption that SLURM requeues itself) the process just ends. Requeueing on
+SIGTERM would bring back jobs that a user or Snakemake cancelled.
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ log = logging.getLogger("advsoup")
 
 
 class Preemption:
-    """SIGUSR2 (preemption, time limit) and SIGTERM held until the trainer can save."""
+    """SIGUSR2 and SIGTERM, held until the trainer has saved."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._requeue: Optional[Callable[[int, Any], Any]] = None  # submitit's handler
+        self.requeue = False  # SIGUSR2 came
+        self.stop = False  # SIGTERM came
+        self._submitit_handler: Optional[Callable[[int, Any], Any]] = None
 
     def install(self) -> None:
         """Take over the signals inside a submitit job; elsewhere (inline, tests) leave them alone."""
@@ -40,22 +44,23 @@ class Preemption:
         handler = signal.getsignal(usr)
         if not callable(handler) or threading.current_thread() is not threading.main_thread():
             return
-        self._requeue = handler
+        self._submitit_handler = handler
         for s in (usr, signal.SIGTERM):
             signal.signal(s, self._note)
 
     def _note(self, signum: int, _frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-            log.warning("received %s: saving the training state after this step, then requeueing",
-                        signal.Signals(signum).name)
+        requeue = signum != signal.SIGTERM
+        if not (self.requeue or self.stop):
+            log.warning("received %s: saving the training state after this step, then %s",
+                        signal.Signals(signum).name, "requeueing" if requeue else "stopping")
+        self.requeue, self.stop = self.requeue or requeue, self.stop or not requeue
 
-    def hand_over(self) -> None:
+    def requeue_job(self) -> None:
         """submitit's handler: on rank 0 it calls Task.checkpoint, requeues the job and exits."""
         import submitit
 
-        if self._requeue is not None:
-            self._requeue(self.signum or submitit.JobEnvironment._usr_sig(), None)
+        assert self._submitit_handler is not None
+        self._submitit_handler(submitit.JobEnvironment._usr_sig(), None)
 
 
 @dataclass
@@ -90,21 +95,22 @@ class Runtime:
         return dict(zip(stats, (values / self.world_size).tolist()))
 
     def preempted(self) -> bool:
-        """True on every rank once any rank got the signal, so that all stop at the same step."""
-        noted = self.preemption.signum is not None
-        if self.world_size == 1:
-            return noted
-        flag = torch.tensor([float(noted)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        """True on every rank once any rank got a signal, so that all stop at the same step."""
+        p = self.preemption
+        if self.world_size > 1:
+            flags = torch.tensor([float(p.requeue), float(p.stop)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            p.requeue, p.stop = bool(flags[0]), bool(flags[1])
+        return p.requeue or p.stop
 
-    def requeue(self) -> NoReturn:
-        """Call after saving: submitit resubmits the task (Task.checkpoint) and this process ends."""
+    def hand_over(self) -> NoReturn:
+        """After saving: requeue the job (SIGUSR2) or end (SIGTERM alone); this process ends either way."""
         if self.world_size > 1:
             dist.barrier()  # rank 0 has finished writing the state
-        self.preemption.hand_over()  # rank 0 does not come back from this
-        log.info("rank %d stops for the requeue", self.rank)
-        raise SystemExit(0)
+        if self.preemption.requeue:
+            self.preemption.requeue_job()  # rank 0 does not come back from this
+        log.info("rank %d stops: training state saved", self.rank)
+        raise SystemExit(0 if self.preemption.requeue else 128 + signal.SIGTERM)
 
 
 def set_threads(threads: int, tasks_on_node: int = 1) -> None:

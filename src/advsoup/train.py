@@ -175,9 +175,9 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
         if first == 0:
             sums = {}
         for i in bar:
-            if rt.preempted():  # SIGUSR2/SIGTERM arrived: keep the steps done, submitit requeues the job
+            if rt.preempted():  # SIGUSR2 (requeue) or SIGTERM (stop) arrived: keep the steps done
                 save(step)
-                rt.requeue()
+                rt.hand_over()
             idx = order[i * t.batch_size:(i + 1) * t.batch_size][rt.rank * per_rank:(rt.rank + 1) * per_rank]
             x, y = images[idx].to(rt.device), labels[idx].to(rt.device)
             sched.step_update(step)
