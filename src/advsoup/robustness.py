@@ -120,7 +120,8 @@ def autoattack_checks(evaluation: Dict[str, Any], tol: float) -> List[Dict[str, 
     if aa is None:
         return [_check("autoattack_not_above_pgd", None, "AutoAttack was not run (evaluate.autoattack.enabled: false)")]
     checks = []
-    for mode in ("clean_mode", "robust_mode"):
+    # Without an adapter the robust mode is a copy of the clean one: check it once.
+    for mode in ("clean_mode",) if evaluation.get("adapter") == "none" else ("clean_mode", "robust_mode"):
         m = aa[mode]
         checks.append(_check(
             "autoattack_not_above_pgd", m["robust_acc"] <= m["pgd_robust_acc"] + tol,
@@ -157,7 +158,9 @@ def run_robustness(job: RobustnessJob) -> Dict[str, Any]:
     out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "attack": pgd_record(job.evaluate.attack, n),
            "settings": asdict(job.evaluate.robustness), "curves": grids, "checks": checks, **status(checks)}
     for c in checks:
-        (log.warning if c["status"] != PASS else log.info)("%s %s: %s", c["status"].upper(), c["name"], c["detail"])
+        where = f" (w={c['w']:.2f})" if "w" in c else ""
+        (log.warning if c["status"] != PASS else log.info)("%s %s%s: %s", c["status"].upper(), c["name"], where,
+                                                           c["detail"])
     write_json(job.out_file, out)
     log.info("wrote %s: %s", job.out_file, out["status"])
     return out
