@@ -14,7 +14,7 @@ from jobhelpers import LOCAL, history, quiet, signal_local_tasks, train_job, wai
 
 from advsoup import launch
 from advsoup.checkpoint import load_tensors
-from advsoup.config import EXPERIMENTS_DIR, REPO_ROOT, Paths, ResourcesConfig, load_config, run_ids
+from advsoup.config import EXPERIMENTS_DIR, REPO_ROOT, ConfigError, Paths, ResourcesConfig, load_config, run_ids
 from advsoup.train import train
 
 # The job functions below live in this file, which the job's interpreter cannot import: ship them by value.
@@ -80,3 +80,28 @@ def test_a_crashing_job_stops_the_dag_and_leaves_nothing_to_trust(tmp_path, prep
     assert not kept
     dry = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=300).stdout
     assert any(line.split() == ["train", "2"] for line in dry.splitlines()), dry[-1500:]  # a rerun retrains
+
+
+def test_the_slurm_job_script_asks_for_the_configured_resources(tmp_path):
+    cfg = load_config([EXPERIMENTS_DIR / "tiny.yaml"], [
+        "launcher.executor=slurm", "launcher.partition=gpu", "launcher.account=proj", "launcher.qos=high",
+        "launcher.constraint=a100", "launcher.setup=[module load cuda/12.4]", "launcher.sbatch={exclude: node07}",
+        "launcher.train={gpus: 4, cpus: 8, mem_gb: 64, time_min: 1440, nodes: 2}", "launcher.evaluate.gpus=1"])
+    train_script = launch.executor_for(cfg.launcher, cfg.launcher.train, "tiny-train-token-s0", tmp_path,
+                                       distributed=True)._make_submission_file_text("python -m job", "uid")
+    for flag in ("job-name=tiny-train-token-s0", "partition=gpu", "account=proj", "qos=high", "constraint=a100",
+                 "nodes=2", "ntasks-per-node=4", "gpus-per-node=4", "cpus-per-task=8", "mem=65536M", "time=1440",
+                 "signal=USR2@120", "exclude=node07"):
+        assert f"#SBATCH --{flag}\n" in train_script, flag
+    assert "\nmodule load cuda/12.4\n" in train_script
+    evaluator = launch.executor_for(cfg.launcher, cfg.launcher.evaluate, "tiny-evaluate-token-s0", tmp_path)
+    eval_script = evaluator._make_submission_file_text("python -m job", "uid")
+    assert "#SBATCH --ntasks-per-node=1\n" in eval_script and "#SBATCH --gpus-per-node=1\n" in eval_script
+
+
+@pytest.mark.parametrize("override, key", [("launcher.train.nodes=2", "launcher.train.nodes"),
+                                           ("launcher.evaluate.tasks=2", "launcher.evaluate.nodes"),
+                                           ("launcher.train.time_min=0", "launcher.train.time_min")])
+def test_resources_the_launcher_cannot_honour_fail_before_any_job(override, key):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config([EXPERIMENTS_DIR / "tiny.yaml"], [override])  # local executor: one node

@@ -227,9 +227,10 @@ def _print_robustness(summary: dict) -> None:
         aa = r.get("autoattack")
         if aa:
             a = aa["attack"]
+            clean, robust = aa["clean_mode"], aa["robust_mode"]
             print(f"  {run_id:<24} {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} images: clean mode "
-                  f"{100 * aa['clean_mode']['robust_acc']:.1f}%, robust mode {100 * aa['robust_mode']['robust_acc']:.1f}%"
-                  f" (PGD on the same images {100 * aa['robust_mode']['pgd_robust_acc']:.1f}%)")
+                  f"{100 * clean['robust_acc']:.1f}%, robust mode {100 * robust['robust_acc']:.1f}% "
+                  f"(PGD on the same images {100 * robust['pgd_robust_acc']:.1f}%)")
     checks = summary.get("masking_checks")
     if checks:
         print(f"\ngradient-masking checks: {checks['status'].upper()} ({checks['n_passed']} of {checks['n_checks']} "
