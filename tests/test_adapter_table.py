@@ -81,7 +81,7 @@ def test_figures_show_every_soupable_variant_and_the_references(study, monkeypat
     drawn, close = [], plt.close
     monkeypatch.setattr(figures.plt, "close", lambda fig: drawn.append(fig))  # keep the figures to inspect
     figures.soup_curve(study / "summary.json", study / "tables", study / "soup_curve.png")
-    figures.adapter_figure(study / "tables", study / "adapters.png")
+    figures.adapter_figure(study / "summary.json", study / "tables", study / "adapters.png")
     soup_fig, adapter_fig = drawn
     assert (study / "soup_curve.png").stat().st_size > 10_000 and (study / "adapters.png").stat().st_size > 10_000
 
@@ -94,5 +94,6 @@ def test_figures_show_every_soupable_variant_and_the_references(study, monkeypat
                                        "soup: resnet:cotrain/batchnorm"]
     labels = [t.get_text() for t in adapter_fig.axes[0].get_yticklabels()]
     assert labels[3] == "cotrain/token  (64 domain params)" and len(labels) == len(GRID)
+    assert "robust = PGD-10 linf eps=0.1" in adapter_fig._suptitle.get_text()
     for fig in drawn:
         close(fig)

@@ -61,7 +61,7 @@ def networks(model: ModelConfig) -> List[Network]:
 def count(net: Network, adapter: str) -> Dict[str, object]:
     """One row: what ``adapter`` adds to ``net``, counted on an unallocated (meta) copy."""
     with torch.device("meta"):
-        model = AdaptedModel(net.build(), adapter, [0.0], [1.0])
+        model = AdaptedModel(net.build(), adapter, [0.0], [1.0])  # input normalisation: irrelevant to counts
     domain = model.num_domain_parameters()
     network = sum(p.numel() for p in model.net.parameters()) - domain
     # Adversarial running statistics of dual BN: copied buffers (num_batches_tracked is a counter, not a statistic).

@@ -126,7 +126,7 @@ def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .figures import adapter_figure, soup_curve
 
     print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
-    print(f"wrote {adapter_figure(paths.tables, paths.figures / 'adapters.png')}")
+    print(f"wrote {adapter_figure(paths.summary, paths.tables, paths.figures / 'adapters.png')}")
 
 
 def _cmd_adapters(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:

@@ -72,7 +72,7 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     return out
 
 
-def adapter_figure(tables_dir: Path, out: Path) -> Path:
+def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     """Per variant: clean accuracy in clean mode and robust accuracy in robust mode (mean and std over
     seeds, grey dots: single seeds), the best soup's accuracies (diamonds, its weight written beside)
     and, in the labels, the adapter's number of domain-specific parameters."""
@@ -90,6 +90,7 @@ def adapter_figure(tables_dir: Path, out: Path) -> Path:
         data = runs.assign(value=100 * runs[col])
         # Points, not bars: the variants differ by a few points, which bars from 0 would hide.
         sns.pointplot(data=data, y="label", x="value", hue="family", order=order, errorbar="sd", capsize=0.3,
+                      hue_order=[f for f in FAMILIES if f in set(data["family"])],
                       linestyle="none", markers="o", ax=ax)
         sns.stripplot(data=data, y="label", x="value", order=order, color="0.4", size=3, alpha=0.7, ax=ax)
         soups = table.dropna(subset=["best_soup_w"])
@@ -103,8 +104,9 @@ def adapter_figure(tables_dir: Path, out: Path) -> Path:
                                                       order.index(labels[r["variant"]])),
                          textcoords="offset points", xytext=(6, -10), fontsize=7, color="crimson")
     seeds = sorted(set(table["seeds"]))
-    fig.suptitle(f"Adapters: accuracy per variant, mean and std over {'/'.join(map(str, seeds))} seed(s)",
-                 fontsize=11)
+    attack = json.loads(summary_path.read_text()).get("attack")
+    fig.suptitle(f"Adapters: accuracy per variant, mean and std over {'/'.join(map(str, seeds))} seed(s)"
+                 + (f"; robust = {_attack_label(attack)}" if attack else ""), fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
