@@ -12,7 +12,6 @@ refused too (safetensors alone only notices a damaged header).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -21,19 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, sha256, write_json
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is not what advsoup writes."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -48,12 +39,12 @@ def save_tensors(path: Path, tensors: Dict[str, torch.Tensor], meta: Optional[Di
     """Write the tensors atomically; returns the file's sha256, for the JSON beside it."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        digest = _sha256(tmp)
+        digest = sha256(tmp)
     return digest
 
 
-def load_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, refused when it is a pickle or differs from ``sha256``."""
+def load_tensors(path: Path, expected_sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused when it is a pickle or differs from ``expected_sha256``."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     with open(path, "rb") as fh:
@@ -61,7 +52,7 @@ def load_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, torch.Te
     if head[:1] == b"\x80" or head == b"PK":
         raise CheckpointError(f"'{path}' is a pickle/zip (torch.save) file; advsoup loads safetensors only "
                               "and never unpickles: re-export the weights with safetensors.torch.save_file")
-    if sha256 is not None and _sha256(path) != sha256:
+    if expected_sha256 is not None and sha256(path) != expected_sha256:
         raise CheckpointError(f"'{path}' does not match the sha256 recorded beside it: it was altered or only "
                               "partly copied; restore it with `dvc checkout` / `dvc pull` or retrain")
     try:

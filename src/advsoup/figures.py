@@ -16,6 +16,16 @@ from .atomic import atomic_path  # noqa: E402
 from .config import FAMILIES  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
+    """Lay out, write atomically as PNG, and close."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return out
+
+
 def _attack_label(attack: Dict[str, Any]) -> str:
     return (f"{attack['name']} {attack['norm']} eps={attack['eps']:g}, "
             f"{attack['restarts']} restart(s), {attack['subset']} test images")
@@ -64,12 +74,7 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
         ax_t.legend(fontsize=8, loc="best")
     fig.suptitle(f"{summary['experiment']}: {_attack_label(attack)}" if attack else summary["experiment"],
                  fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
@@ -107,9 +112,4 @@ def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     attack = json.loads(summary_path.read_text()).get("attack")
     fig.suptitle(f"Adapters: accuracy per variant, mean and std over {'/'.join(map(str, seeds))} seed(s)"
                  + (f"; robust = {_attack_label(attack)}" if attack else ""), fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -25,6 +25,7 @@ from .adapt import mean_std  # noqa: E402
 from .aggregate import variant_name  # noqa: E402
 from .atomic import atomic_path, write_json  # noqa: E402
 from .config import CORRUPTIONS  # noqa: E402
+from .figures import save_figure  # noqa: E402
 from .shift import AVERAGE, MEAN_CORRUPTION, METHODS  # noqa: E402
 
 LABELS = {"clean_mode": "clean mode (w=0)", "robust_mode": "robust mode (w=1)",
@@ -151,9 +152,4 @@ def shift_figure(tables_dir: Path, summary_path: Path, out: Path) -> Path:
                    title="mean over corruptions, per severity")
     fig.suptitle("Distribution shifts: clean accuracy (no attack); bars and bands show the spread over draws "
                  "of the k examples and seeds", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

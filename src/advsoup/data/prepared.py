@@ -5,7 +5,6 @@ which checks the hashes so that a corrupted or swapped file is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +13,11 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, sha256, write_json
 from ..config import DataConfig
 from .sources import DATASETS, load_raw
 
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(data: DataConfig, out_dir: Path) -> Dict:
