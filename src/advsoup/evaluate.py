@@ -28,7 +28,8 @@ from .runtime import runtime_from_env
 
 
 @dataclass
-class EvalJob:
+class RunJob:
+    """What every job that measures a trained run reads."""
     run_id: str
     run: RunConfig
     seed: int
@@ -37,6 +38,10 @@ class EvalJob:
     evaluate: EvaluateConfig
     prepared: Path
     run_dir: Path
+
+
+@dataclass
+class EvalJob(RunJob):
     out_file: Path
     soup_weights: Optional[List[float]] = None  # None: clean and robust mode only
 

@@ -30,9 +30,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .atomic import write_json
-from .config import DataConfig, EvaluateConfig, ModelConfig, RunConfig
+from .config import EvaluateConfig
 from .data.prepared import load_split
-from .evaluate import load_run, pgd_record, robust_accuracy
+from .evaluate import RunJob, load_run, pgd_record, robust_accuracy
 from .logs import setup_logging
 from .models.adapters import AdaptedModel
 from .runtime import runtime_from_env
@@ -41,15 +41,7 @@ PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 
 
 @dataclass
-class RobustnessJob:
-    run_id: str
-    run: RunConfig
-    seed: int
-    data: DataConfig
-    model: ModelConfig
-    evaluate: EvaluateConfig
-    prepared: Path
-    run_dir: Path
+class RobustnessJob(RunJob):
     eval_file: Path
     out_file: Path
 
