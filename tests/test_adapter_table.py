@@ -10,6 +10,7 @@ from advsoup.aggregate import aggregate
 
 ATTACK = {"name": "PGD-10", "norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "restarts": 1,
           "random_start": True, "subset": 100}
+AA = {"name": "AutoAttack-custom", "norm": "linf", "eps": 0.1, "attacks": ["apgd-ce", "apgd-t"], "subset": 50}
 GRID = [("vit", "nominal", "none", 0), ("vit", "adversarial", "none", 0), ("vit", "cotrain", "none", 0),
         ("vit", "cotrain", "token", 64), ("vit", "cotrain", "layernorm", 1152),
         ("resnet", "nominal", "none", 0), ("resnet", "adversarial", "none", 0),
@@ -35,7 +36,7 @@ def _soup(seed, i, w):
 @pytest.fixture
 def study(tmp_path):
     """Two seeds of every variant; soups.json for the soupable ones."""
-    evals, soups = [], []
+    evals, soups, checks = [], [], []
     for i, (family, training, adapter, params) in enumerate(GRID):
         for seed in (0, 1):
             run = f"{family}_{training}_{adapter}-s{seed}"
@@ -46,12 +47,24 @@ def study(tmp_path):
             (d / "eval.json").write_text(json.dumps({
                 **base, "clean_mode": {"w": 0.0, "clean_acc": _clean(seed, i), "robust_acc": 0.01},
                 "robust_mode": {"w": 1.0, "clean_acc": 0.7, "robust_acc": _robust(seed, i)}}))
+            if adapter == "token":  # AutoAttack a few points below PGD
+                rec = json.loads((d / "eval.json").read_text())
+                rec["autoattack"] = {"attack": AA, "pgd_attack": ATTACK,
+                                     "clean_mode": {"w": 0.0, "robust_acc": 0.0, "pgd_robust_acc": 0.01},
+                                     "robust_mode": {"w": 1.0, "robust_acc": _robust(seed, i) - 0.02,
+                                                     "pgd_robust_acc": _robust(seed, i)}}
+                (d / "eval.json").write_text(json.dumps(rec))
             evals.append(d / "eval.json")
+            failed = ["eps_monotone (w=1.00)"] if (adapter, seed) == ("layernorm", 1) else []
+            (d / "robustness.json").write_text(json.dumps(
+                {"run": run, "status": "fail" if failed else "pass", "failed": failed, "skipped": [],
+                 "n_passed": 3 - len(failed), "n_checks": 3}))
+            checks.append(d / "robustness.json")
             if training == "cotrain" and adapter != "none":
                 (d / "soups.json").write_text(json.dumps(
                     {**base, "soup": [_soup(seed, i, w) for w in (0.0, 0.3, 0.7, 1.0)]}))
                 soups.append(d / "soups.json")
-    aggregate("synthetic", evals, soups, tmp_path / "summary.json", tmp_path / "tables")
+    aggregate("synthetic", evals, soups, tmp_path / "summary.json", tmp_path / "tables", checks)
     return tmp_path
 
 
@@ -73,6 +86,18 @@ def test_adapter_table_rows_are_variants_with_mean_and_std_over_seeds(study):
     assert row.best_soup_clean_acc_mean == pytest.approx(sum(a["clean_acc"] for a in at) / 2)
     assert row.best_soup_robust_acc_mean == pytest.approx(sum(a["robust_acc"] for a in at) / 2, abs=1e-5)
     assert row.best_soup_robust_acc_std > 0.01
+    # AutoAttack and the masking checks, with the attacks named in the row.
+    assert row.aa_robust_acc_robust_mode_mean == pytest.approx(row.robust_acc_robust_mode_mean - 0.02)
+    assert row.autoattack == "AutoAttack-custom linf eps=0.1 on 50 images"
+    assert row.pgd_attack == "PGD-10 linf eps=0.1 on 100 images"
+    by_variant = table.set_index("variant")
+    assert pd.isna(by_variant.loc["nominal", "aa_robust_acc_robust_mode_mean"])
+    assert by_variant.loc["cotrain/layernorm", "masking_checks"] == "fail"  # one seed of two failed
+    assert (table[table["variant"] != "cotrain/layernorm"]["masking_checks"] == "pass").all()
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["masking_checks"]["failed"] == ["vit_cotrain_layernorm-s1: eps_monotone (w=1.00)"]
+    assert summary["variants"]["cotrain/token"]["aa_robust_acc_robust_mode"]["mean"] == \
+        pytest.approx(row.aa_robust_acc_robust_mode_mean)
     unsouped = table[table["variant"].isin(["nominal", "adversarial", "cotrain/none", "resnet:nominal"])]
     assert unsouped["best_soup_w"].isna().all() and unsouped["best_soup_clean_acc_mean"].isna().all()
 
@@ -95,5 +120,7 @@ def test_figures_show_every_soupable_variant_and_the_references(study, monkeypat
     labels = [t.get_text() for t in adapter_fig.axes[0].get_yticklabels()]
     assert labels[3] == "cotrain/token  (64 domain params)" and len(labels) == len(GRID)
     assert "robust = PGD-10 linf eps=0.1" in adapter_fig._suptitle.get_text()
+    assert "AutoAttack (mean over seeds; AutoAttack-custom linf eps=0.1 on 50 images)" in \
+        [t.get_text() for t in adapter_fig.axes[1].get_legend().get_texts()]
     for fig in drawn:
         close(fig)

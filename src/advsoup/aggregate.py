@@ -31,9 +31,11 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
 
 ADAPTER_COLUMNS = ["variant", "family", "training", "adapter", "domain_parameters", "seeds",
                    "clean_acc_clean_mode_mean", "clean_acc_clean_mode_std",
-                   "robust_acc_robust_mode_mean", "robust_acc_robust_mode_std", "best_soup_w",
+                   "robust_acc_robust_mode_mean", "robust_acc_robust_mode_std",
+                   "aa_robust_acc_robust_mode_mean", "aa_robust_acc_robust_mode_std", "best_soup_w",
                    "best_soup_clean_acc_mean", "best_soup_clean_acc_std",
-                   "best_soup_robust_acc_mean", "best_soup_robust_acc_std"]
+                   "best_soup_robust_acc_mean", "best_soup_robust_acc_std", "pgd_attack", "autoattack",
+                   "masking_checks"]
 
 
 def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, Any]]) -> pd.DataFrame:
@@ -43,7 +45,8 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
     robust accuracy is highest (the same reporting choice as a run's best soup);
     its accuracies are then averaged over the seeds at that weight. Variants
     without a soup sweep (nominal, adversarial, co-training without adapter)
-    leave the soup columns empty.
+    leave the soup columns empty. The AutoAttack columns stay empty for variants
+    evaluated without it; ``masking_checks`` is "pass" only if every seed passed.
     """
     if not rows:
         return pd.DataFrame(columns=ADAPTER_COLUMNS)
@@ -55,9 +58,14 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
         first = grp.iloc[0]
         row = {"variant": variant, "family": first["family"], "training": first["training"],
                "adapter": first["adapter"], "domain_parameters": int(first["domain_parameters"]), "seeds": len(grp)}
-        for col in ("clean_acc_clean_mode", "robust_acc_robust_mode"):
-            s = _mean_std(grp[col].tolist())
-            row[f"{col}_mean"], row[f"{col}_std"] = s["mean"], s["std"]
+        for col in ("clean_acc_clean_mode", "robust_acc_robust_mode", "aa_robust_acc_robust_mode"):
+            if col in grp and grp[col].notna().all():
+                s = _mean_std(grp[col].tolist())
+                row[f"{col}_mean"], row[f"{col}_std"] = s["mean"], s["std"]
+        for col in ("pgd_attack", "autoattack"):
+            row[col] = first.get(col)
+        checks = grp["masking_checks"]
+        row["masking_checks"] = None if checks.isna().any() else ("fail" if (checks == "fail").any() else "pass")
         mine = soups[soups["variant"] == variant] if not soups.empty else soups
         if not mine.empty:
             by_w = mine.assign(total=mine["clean_acc"] + mine["robust_acc"]).groupby("w")["total"].mean()
@@ -147,6 +155,8 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
             "clean_acc_clean_mode": _mean_std([r["clean_acc_clean_mode"] for r in mine]),
             "robust_acc_robust_mode": _mean_std([r["robust_acc_robust_mode"] for r in mine]),
         }
+        if all(r["aa_robust_acc_robust_mode"] is not None for r in mine):
+            variants[name]["aa_robust_acc_robust_mode"] = _mean_std([r["aa_robust_acc_robust_mode"] for r in mine])
     summary = {"experiment": experiment, "attack": attack, "runs": runs, "variants": variants}
     if masking:
         summary["masking_checks"] = masking

@@ -79,8 +79,8 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
 
 def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     """Per variant: clean accuracy in clean mode and robust accuracy in robust mode (mean and std over
-    seeds, grey dots: single seeds), the best soup's accuracies (diamonds, its weight written beside)
-    and, in the labels, the adapter's number of domain-specific parameters."""
+    seeds, grey dots: single seeds), the best soup's accuracies (diamonds, its weight written beside),
+    AutoAttack's robust accuracy where it ran (crosses) and, in the labels, the adapter's number of domain-specific parameters."""
     runs = pd.read_csv(tables_dir / "runs.csv")
     table = pd.read_csv(tables_dir / "adapters.csv")
     labels = {r["variant"]: f"{r['variant']}  ({int(r['domain_parameters']):,} domain params)"
@@ -102,6 +102,11 @@ def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
         if not soups.empty:
             ax.scatter(100 * soups[soup_col], [order.index(labels[v]) for v in soups["variant"]], marker="D",
                        s=50, color="crimson", zorder=5, label="best soup (mean over seeds)")
+        aa = table.dropna(subset=["aa_robust_acc_robust_mode_mean"])
+        if col == "robust_acc_robust_mode" and not aa.empty:
+            ax.scatter(100 * aa["aa_robust_acc_robust_mode_mean"], [order.index(labels[v]) for v in aa["variant"]],
+                       marker="x", s=60, color="black", zorder=6,
+                       label=f"AutoAttack (mean over seeds; {aa['autoattack'].iloc[0]})")
         ax.set(xlabel=xlabel, ylabel="")
         ax.legend(fontsize=8, loc="best")
     for _, r in table.dropna(subset=["best_soup_w"]).iterrows():
