@@ -7,6 +7,7 @@ import pytest
 
 from advsoup import figures
 from advsoup.aggregate import aggregate
+from advsoup.cli import _print_variants
 
 ATTACK = {"name": "PGD-10", "norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "restarts": 1,
           "random_start": True, "subset": 100}
@@ -124,3 +125,15 @@ def test_figures_show_every_soupable_variant_and_the_references(study, monkeypat
         [t.get_text() for t in adapter_fig.axes[1].get_legend().get_texts()]
     for fig in drawn:
         close(fig)
+
+
+def test_where_prints_each_variant_over_its_seeds(study, capsys):
+    _print_variants(json.loads((study / "summary.json").read_text()))
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert len(lines) == len(GRID)
+    i = 3
+    clean = 100 * (_clean(0, i) + _clean(1, i)) / 2
+    aa = 100 * ((_robust(0, i) + _robust(1, i)) / 2 - 0.02)
+    assert f"2 seeds,    64 domain params: clean mode {clean:5.1f} +- 0.1% clean" in lines["cotrain/token"]
+    assert lines["cotrain/token"].endswith(f"AA {aa:5.1f} +- 0.3%")
+    assert "AA" not in lines["nominal"]

@@ -210,6 +210,7 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
                 line += (f" | best soup w={b['w']:.1f}: {100 * b['clean_acc']:.1f}% / "
                          f"{100 * b['robust_acc']:.1f}%")
             print(line)
+        _print_variants(summary)
         _print_robustness(summary)
     if paths.shift_summary.is_file():
         print(f"\nshifts   {paths.tables}/shift.csv, shift_adaptation.csv; figure {paths.figures / 'shift.png'}")
@@ -219,6 +220,21 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
                   f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "
                   f"({100 * g['mean']:+.2f} +- {100 * g['std']:.2f}), oracle soup "
                   f"{100 * avg['oracle_soup']['mean']:.1f}%")
+
+
+def _print_variants(summary: dict) -> None:
+    """With several seeds, each variant's mean +- std (results/tables/adapters.csv has the soups too)."""
+    variants = summary.get("variants", {})
+    if not any(v["seeds"] > 1 for v in variants.values()):
+        return
+    print("\nper variant, mean +- std over seeds (robust: the PGD above; AA: AutoAttack, robust mode):")
+    pct = lambda s: f"{100 * s['mean']:5.1f} +- {100 * s['std']:3.1f}%"  # noqa: E731
+    for name, v in variants.items():
+        line = (f"  {name:<26} {v['seeds']} seeds, {v['domain_parameters']:>5} domain params: clean mode "
+                f"{pct(v['clean_acc_clean_mode'])} clean / robust mode {pct(v['robust_acc_robust_mode'])} robust")
+        if "aa_robust_acc_robust_mode" in v:
+            line += f", AA {pct(v['aa_robust_acc_robust_mode'])}"
+        print(line)
 
 
 def _print_robustness(summary: dict) -> None:
