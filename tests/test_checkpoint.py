@@ -121,9 +121,37 @@ def test_an_altered_training_state_is_refused(tmp_path):
     ckpt.save_state(tmp_path, model, opt, {"step": 1}, {"cpu": torch.get_rng_state()})
     progress, weights, opt_state, rng = ckpt.load_state(tmp_path)
     assert progress == {"step": 1} and set(weights) == set(model.state_dict()) and opt_state["state"]
-    path = tmp_path / "state.safetensors"
+    (path,) = tmp_path.glob("state-*.safetensors")
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ckpt.CheckpointError, match="state.safetensors' does not match the sha256"):
+    with pytest.raises(ckpt.CheckpointError, match=f"{path.name}' does not match the sha256"):
         ckpt.load_state(tmp_path)
+    path.unlink()
+    with pytest.raises(ckpt.CheckpointError, match=f"names '{path.name}', which is missing.*delete"):
+        ckpt.load_state(tmp_path)
+
+
+@pytest.mark.parametrize("killed_in", ["save_tensors", "replace", "write_json"])
+def test_a_save_killed_at_any_point_leaves_the_previous_state(tmp_path, monkeypatch, killed_in):
+    """SLURM kills a job that overruns its grace period wherever it is, also in the middle of a save."""
+    model = _fresh()
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt.save_state(tmp_path, model, opt, {"step": 1}, {"cpu": torch.get_rng_state()})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.rand(2, 1, 28, 28), 0.0).sum().backward()
+    opt.step()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+    target = ckpt.os if killed_in == "replace" else ckpt
+    monkeypatch.setattr(target, killed_in, killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_state(tmp_path, model, opt, {"step": 2}, {"cpu": torch.get_rng_state()})
+    monkeypatch.undo()
+    progress, weights, _, _ = ckpt.load_state(tmp_path)
+    assert progress == {"step": 1}
+    assert all(torch.equal(weights[k], before[k]) for k in before)
+    ckpt.save_state(tmp_path, model, opt, {"step": 2}, {"cpu": torch.get_rng_state()})
+    assert ckpt.load_state(tmp_path)[0] == {"step": 2}
+    assert len(list(tmp_path.glob("state-*.safetensors"))) == 1  # older tensor files are removed

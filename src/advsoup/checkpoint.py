@@ -1,9 +1,12 @@
 """Checkpoints as safetensors plus JSON metadata: loading never unpickles anything.
 
 Model weights: ``model.safetensors`` + ``model.json`` (what the network is).
-Training state (for resuming): ``state.safetensors`` (model, optimizer moments,
-RNG) + ``state.json`` (epoch, step, scheduler, config digest). Both are
-written to a temporary file and renamed into place.
+Training state (for resuming): ``state-<sha256 prefix>.safetensors`` (model,
+optimizer moments, RNG) + ``state.json`` (epoch, step, scheduler, config
+digest, and the name of its tensor file). Every file is written to a temporary
+file and renamed into place; a new state's tensors get a new name and
+``state.json`` is replaced last, so a job killed at any point of a save (SLURM's
+SIGKILL after the grace period) leaves the previous complete state.
 
 Checkpoints travel through DVC remotes, so a file is checked before use: a
 pickle (``torch.save``) is refused without being opened by pickle, and the
@@ -13,6 +16,7 @@ refused too (safetensors alone only notices a damaged header).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -106,23 +110,36 @@ def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any])
 
 def save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                progress: Dict[str, Any], rng: Dict[str, torch.Tensor]) -> None:
-    """Everything needed to resume: json is written last, so it names a complete state."""
+    """Everything needed to resume. The tensors go to a new file named by their hash, then state.json
+    is replaced to name it, then older tensor files are removed: no point of a kill tears the state."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
-    digest = save_tensors(run_dir / "state.safetensors", tensors)
-    write_json(run_dir / "state.json", {**progress, "optimizer": opt_meta, "tensors_sha256": digest})
+    partial = run_dir / "state.partial.safetensors"
+    digest = save_tensors(partial, tensors)
+    tensor_file = run_dir / f"state-{digest[:16]}.safetensors"
+    os.replace(partial, tensor_file)
+    write_json(run_dir / "state.json", {**progress, "optimizer": opt_meta, "tensors_file": tensor_file.name,
+                                        "tensors_sha256": digest})
+    for old in [*run_dir.glob("state-*.safetensors"), run_dir / "state.safetensors"]:
+        if old != tensor_file and old.is_file():
+            old.unlink()
 
 
 def load_state(run_dir: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, Any],
                                                 Dict[str, torch.Tensor]]]:
     """(progress, model state, optimizer state dict, rng) or None when there is nothing to resume."""
     meta_path = run_dir / "state.json"
-    if not meta_path.is_file() or not (run_dir / "state.safetensors").is_file():
+    if not meta_path.is_file():
         return None
     meta = _read_json(meta_path)
-    tensors = load_tensors(run_dir / "state.safetensors", meta.pop("tensors_sha256", None))
+    # States written before tensor files were named by their hash used one fixed name.
+    tensor_file = run_dir / meta.pop("tensors_file", "state.safetensors")
+    if not tensor_file.is_file():
+        raise CheckpointError(f"'{meta_path}' names '{tensor_file.name}', which is missing: restore it with "
+                              f"`dvc checkout`, or delete '{meta_path}' to train the run from the start")
+    tensors = load_tensors(tensor_file, meta.pop("tensors_sha256", None))
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return meta, model, _unflatten_optimizer(tensors, meta.pop("optimizer")), rng
