@@ -37,7 +37,8 @@ def done(tmp_path_factory, prepared):
         _, run, seed = split_run_id(cfg, run_id)
         out[run_id] = run_shift(ShiftJob(run_id, run, seed, cfg.model, cfg.evaluate, cfg.shift, paths.shift_suite,
                                          paths.shift_hard, paths.run_dir(run_id), paths.shift_file(run_id)))
-    summary = shift_tables([paths.shift_file(r) for r in out], paths.tables, paths.shift_summary)
+    summary = shift_tables([paths.shift_file(r) for r in out], paths.tables, paths.shift_summary, "tiny")
+    assert json.loads(paths.shift_summary.read_text())["experiment"] == "tiny"  # `advsoup where` checks it
     figure = shift_figure(paths.tables, paths.shift_summary, paths.figures / "shift.png")
     return cfg, paths, out, summary, figure
 

@@ -175,7 +175,8 @@ def _cmd_shift(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
 def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .shift_report import shift_tables
 
-    summary = shift_tables([paths.shift_file(r) for r in run_ids(cfg)], paths.tables, paths.shift_summary)
+    summary = shift_tables([paths.shift_file(r) for r in run_ids(cfg)], paths.tables, paths.shift_summary,
+                           cfg.experiment)
     print(f"wrote {paths.tables}/shift.csv, shift_adaptation.csv, shift_draws.csv and {paths.shift_summary}")
     for variant, s in summary["variants"].items():
         g = s["kshot_gain_over_clean"]
@@ -212,9 +213,10 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
             print(line)
         _print_variants(summary)
         _print_robustness(summary)
-    if paths.shift_summary.is_file():
+    shifts = json.loads(paths.shift_summary.read_text()) if paths.shift_summary.is_file() else {}
+    if shifts.get("experiment") == cfg.experiment:  # not another experiment's (results/ is shared)
         print(f"\nshifts   {paths.tables}/shift.csv, shift_adaptation.csv; figure {paths.figures / 'shift.png'}")
-        for variant, s in json.loads(paths.shift_summary.read_text())["variants"].items():
+        for variant, s in shifts["variants"].items():
             g, avg = s["kshot_gain_over_clean"], s["average"]
             print(f"  {variant:<24} average over shifts: clean mode {100 * avg['clean_mode']['mean']:.1f}%, "
                   f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "

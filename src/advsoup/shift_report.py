@@ -48,7 +48,8 @@ def _rows(rec: Dict[str, Any]):
         yield name, "group", name if name in CORRUPTIONS else "", sev, g
 
 
-def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Path) -> Dict[str, Any]:
+def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Path,
+                 experiment: str | None = None) -> Dict[str, Any]:
     acc_rows: List[Dict[str, Any]] = []
     adapt_rows: List[Dict[str, Any]] = []
     draw_rows: List[Dict[str, Any]] = []
@@ -87,7 +88,7 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
                 per[m] += avg["per_draw"][m]
             meta[variant] = {"k": rec["k"], "draws": rec["draws"], "shifts": avg["sets"],
                              "seeds": meta.get(variant, {}).get("seeds", 0) + 1}
-    summary: Dict[str, Any] = {"variants": {}}
+    summary: Dict[str, Any] = {"experiment": experiment, "variants": {}}
     for variant, per in sorted(gains.items()):
         gain = np.asarray(per["kshot_soup"]) - np.asarray(per["clean_mode"])
         summary["variants"][variant] = {
