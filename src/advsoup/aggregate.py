@@ -59,7 +59,7 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
         row = {"variant": variant, "family": first["family"], "training": first["training"],
                "adapter": first["adapter"], "domain_parameters": int(first["domain_parameters"]), "seeds": len(grp)}
         for col in ("clean_acc_clean_mode", "robust_acc_robust_mode", "aa_robust_acc_robust_mode"):
-            if col in grp and grp[col].notna().all():
+            if grp[col].notna().all():
                 s = _mean_std(grp[col].tolist())
                 row[f"{col}_mean"], row[f"{col}_std"] = s["mean"], s["std"]
         for col in ("pgd_attack", "autoattack"):
@@ -94,15 +94,16 @@ def masking_summary(records: Sequence[Dict[str, Any]], runs: Dict[str, Dict[str,
             "n_checks": total}
 
 
-def _attack_label(a: Dict[str, Any]) -> str:
+def attack_label(a: Dict[str, Any]) -> str:
+    """'<name> <norm> eps=<eps> on <n> images': how tables and `advsoup where` name an attack."""
     return f"{a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} images"
 
 
 def robustness_columns(run: Dict[str, Any], pgd: Dict[str, Any] | None) -> Dict[str, Any]:
     """runs.csv columns naming the attacks behind the robust numbers, AutoAttack's numbers and the checks."""
     aa = run.get("autoattack")
-    return {"pgd_attack": _attack_label(pgd) if pgd else None,
-            "autoattack": _attack_label(aa["attack"]) if aa else None,
+    return {"pgd_attack": attack_label(pgd) if pgd else None,
+            "autoattack": attack_label(aa["attack"]) if aa else None,
             "aa_robust_acc_clean_mode": aa["clean_mode"]["robust_acc"] if aa else None,
             "aa_robust_acc_robust_mode": aa["robust_mode"]["robust_acc"] if aa else None,
             "masking_checks": run.get("masking_checks", {}).get("status")}
@@ -147,22 +148,20 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
                      "best_soup_clean_acc": r.get("best_soup", {}).get("clean_acc"),
                      "best_soup_robust_acc": r.get("best_soup", {}).get("robust_acc"),
                      **robustness_columns(r, attack)})
+    table = adapter_table(rows, soup_rows)
+    # The summary's per-variant numbers are the adapter table's, not a second computation of them.
     variants: Dict[str, Dict[str, Any]] = {}
-    for name in sorted({r["variant"] for r in rows}):
-        mine = [r for r in rows if r["variant"] == name]
-        variants[name] = {
-            "seeds": len(mine), "domain_parameters": mine[0]["domain_parameters"],
-            "clean_acc_clean_mode": _mean_std([r["clean_acc_clean_mode"] for r in mine]),
-            "robust_acc_robust_mode": _mean_std([r["robust_acc_robust_mode"] for r in mine]),
-        }
-        if all(r["aa_robust_acc_robust_mode"] is not None for r in mine):
-            variants[name]["aa_robust_acc_robust_mode"] = _mean_std([r["aa_robust_acc_robust_mode"] for r in mine])
+    for r in sorted(table.to_dict("records"), key=lambda r: r["variant"]):
+        variants[r["variant"]] = {"seeds": int(r["seeds"]), "domain_parameters": int(r["domain_parameters"])}
+        for col in ("clean_acc_clean_mode", "robust_acc_robust_mode", "aa_robust_acc_robust_mode"):
+            if not pd.isna(r[f"{col}_mean"]):
+                variants[r["variant"]][col] = {"mean": r[f"{col}_mean"], "std": r[f"{col}_std"]}
     summary = {"experiment": experiment, "attack": attack, "runs": runs, "variants": variants}
     if masking:
         summary["masking_checks"] = masking
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("runs", pd.DataFrame(rows)), ("soups", pd.DataFrame(soup_rows)),
-                        ("adapters", adapter_table(rows, soup_rows))):
+                        ("adapters", table)):
         with atomic_path(tables_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
     write_json(summary_path, summary)

@@ -241,12 +241,13 @@ def _print_variants(summary: dict) -> None:
 
 def _print_robustness(summary: dict) -> None:
     """AutoAttack numbers and the gradient-masking verdict; a failed or skipped check is named."""
+    from .aggregate import attack_label  # pandas: only where it is needed
+
     for run_id, r in summary["runs"].items():
         aa = r.get("autoattack")
         if aa:
-            a = aa["attack"]
             clean, robust = aa["clean_mode"], aa["robust_mode"]
-            print(f"  {run_id:<24} {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} images: clean mode "
+            print(f"  {run_id:<24} {attack_label(aa['attack'])}: clean mode "
                   f"{100 * clean['robust_acc']:.1f}%, robust mode {100 * robust['robust_acc']:.1f}% "
                   f"(PGD on the same images {100 * robust['pgd_robust_acc']:.1f}%)")
     checks = summary.get("masking_checks")
