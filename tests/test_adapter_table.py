@@ -7,7 +7,8 @@ import pytest
 
 from advsoup import figures
 from advsoup.aggregate import aggregate
-from advsoup.cli import _print_variants
+from advsoup.cli import _print_variants, main
+from advsoup.config import EXPERIMENTS_DIR
 
 ATTACK = {"name": "PGD-10", "norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "restarts": 1,
           "random_start": True, "subset": 100}
@@ -137,3 +138,15 @@ def test_where_prints_each_variant_over_its_seeds(study, capsys):
     assert f"2 seeds,    64 domain params: clean mode {clean:5.1f} +- 0.1% clean" in lines["cotrain/token"]
     assert lines["cotrain/token"].endswith(f"AA {aa:5.1f} +- 0.3%")
     assert "AA" not in lines["nominal"]
+
+
+@pytest.mark.parametrize("experiment, drawn", [("synthetic", True), ("tiny", False)])
+def test_figures_refuse_another_experiments_tables(study, capsys, experiment, drawn):
+    """results/tables is shared by the experiments: the tiny experiment must not draw the synthetic one's."""
+    code = main(["figures", "--config", str(EXPERIMENTS_DIR / "tiny.yaml"), f"experiment={experiment}",
+                 f"results_dir={study}", f"figures_dir={study / 'figures'}"])
+    assert (code == 0) == drawn and (study / "figures" / "soup_curve.png").is_file() == drawn
+    if not drawn:
+        err = capsys.readouterr().err
+        assert f"{study / 'summary.json'} and the tables beside it are experiment 'synthetic', not 'tiny'" in err
+        assert "advsoup aggregate --config" in err and "tiny.yaml" in err

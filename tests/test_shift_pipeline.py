@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from advsoup.cli import main
 from advsoup.config import EXPERIMENTS_DIR, Paths, load_config, shift_reference_run, split_run_id
 from advsoup.data.shifts import SuiteJob, load_sets, run_suite
 from advsoup.evaluate import clean_accuracy, load_run
@@ -100,3 +101,12 @@ def test_tables_summary_and_figure(done):
     assert s["kshot_gain_over_clean"]["mean"] == pytest.approx(
         out["token-s0"]["groups"]["average"]["adaptation"]["kshot_gain_over_clean"]["mean"], abs=1e-4)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000
+
+
+def test_shift_figure_refuses_another_experiments_tables(done, capsys):
+    cfg, paths, *_ = done
+    code = main(["shift-figure", "--config", str(EXPERIMENTS_DIR / "tiny.yaml"), "experiment=other",
+                 f"results_dir={cfg.results_dir}", f"figures_dir={paths.figures}/other"])
+    assert code == 1 and not (paths.figures / "other").exists()
+    assert f"{paths.shift_summary} and the tables beside it are experiment 'tiny', not 'other'" in \
+        capsys.readouterr().err

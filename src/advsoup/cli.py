@@ -122,9 +122,25 @@ def _cmd_aggregate(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     print(f"wrote {paths.summary} and {paths.tables}/")
 
 
+def _require_own_tables(cfg: Config, args: argparse.Namespace, summary_path: Path, table_stage: str,
+                        table_rule: str) -> None:
+    """results/tables is shared by the experiments: refuse to draw another experiment's tables.
+
+    Snakemake reruns a table stage for a new experiment only if its metadata says the params changed; in a
+    fresh checkout (or after `dvc pull` of another experiment) the files are simply there.
+    """
+    found = json.loads(summary_path.read_text()).get("experiment")
+    if found != cfg.experiment:
+        files = " ".join(f"--config {f}" for f in args.config or [])
+        raise ValueError(f"{summary_path} and the tables beside it are experiment '{found}', not "
+                         f"'{cfg.experiment}': write them first with `advsoup {table_stage} {files}` (or "
+                         f"`snakemake --forcerun {table_rule} ...`)")
+
+
 def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .figures import adapter_figure, soup_curve
 
+    _require_own_tables(cfg, args, paths.summary, "aggregate", "aggregate")
     print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
     print(f"wrote {adapter_figure(paths.summary, paths.tables, paths.figures / 'adapters.png')}")
 
@@ -188,6 +204,7 @@ def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> Non
 def _cmd_shift_figure(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .shift_report import shift_figure
 
+    _require_own_tables(cfg, args, paths.shift_summary, "shift-table", "shift_table")
     print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
 
 
