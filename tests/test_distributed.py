@@ -20,7 +20,7 @@ from advsoup.checkpoint import load_tensors
 from advsoup.config import ResourcesConfig
 from advsoup.data.prepared import load_split
 from advsoup.models import build_model
-from advsoup.runtime import runtime_from_env
+from advsoup.runtime import Runtime, runtime_from_env
 from advsoup.train import train
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -103,3 +103,17 @@ def test_a_preempted_two_rank_job_stops_together_and_resumes_exactly(two_rank_ru
     ref = load_tensors(two_rank_run[0].run_dir / "model.safetensors")
     got = load_tensors(job.run_dir / "model.safetensors")
     assert all(torch.equal(got[k], ref[k]) for k in ref)  # same ranks, same sums: bitwise
+
+
+def test_a_signal_handled_during_the_ranks_vote_is_kept_for_the_next_step(monkeypatch):
+    """SIGUSR2's handler can run while preempted()'s all-reduce is in flight (it found CI's failure): that
+    signal is not in this vote, so every rank still answers the same, and it must be in the next one."""
+    rt = Runtime(torch.device("cpu"), rank=0, world_size=2)
+
+    def all_reduce(flags, op):  # the other rank has seen no signal; ours lands while the reduction runs
+        rt.preemption._note(signal.SIGUSR2, None)
+        flags.copy_(torch.maximum(flags, torch.zeros(2)))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    assert not rt.preempted()
+    assert rt.preempted() and rt.preemption.requeue and not rt.preemption.stop

@@ -97,11 +97,15 @@ class Runtime:
     def preempted(self) -> bool:
         """True on every rank once any rank got a signal, so that all stop at the same step."""
         p = self.preemption
-        if self.world_size > 1:
-            flags = torch.tensor([float(p.requeue), float(p.stop)], device=self.device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            p.requeue, p.stop = bool(flags[0]), bool(flags[1])
-        return p.requeue or p.stop
+        if self.world_size == 1:
+            return p.requeue or p.stop
+        flags = torch.tensor([float(p.requeue), float(p.stop)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        # Only what went into the reduction decides, so every rank answers the same. A signal handled while
+        # it ran is not in it, and must not be overwritten either: it stays noted for the next step's check.
+        agreed = bool(flags[0]), bool(flags[1])
+        p.requeue, p.stop = p.requeue or agreed[0], p.stop or agreed[1]
+        return any(agreed)
 
     def hand_over(self) -> NoReturn:
         """After saving: requeue the job (SIGUSR2) or end (SIGTERM alone); this process ends either way."""
