@@ -116,7 +116,7 @@ def shift_figure(tables_dir: Path, summary_path: Path, out: Path) -> Path:
     sns.set_theme(style="whitegrid", context="notebook")
     variants = sorted(draws["variant"].unique()) if not draws.empty else []
     fig, axes = plt.subplots(max(1, len(variants)), 2, figsize=(17, 6 * max(1, len(variants))), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.6, 1]})
+                             gridspec_kw={"width_ratios": [2.6, 1]}, layout="constrained")  # keeps suptitle clear
     if not variants:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no run with an adapter: nothing to adapt", ha="center", va="center")
