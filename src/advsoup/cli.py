@@ -122,8 +122,12 @@ def _cmd_aggregate(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     print(f"wrote {paths.summary} and {paths.tables}/")
 
 
-def _require_own_tables(cfg: Config, args: argparse.Namespace, summary_path: Path, table_stage: str,
-                        table_rule: str) -> None:
+def _read_summary(path: Path) -> dict:
+    """summary.json or shift_summary.json; {} when not written yet. Its "experiment" says whose it is."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _require_own_tables(cfg: Config, args: argparse.Namespace, summary_path: Path, table_stage: str) -> None:
     """results/tables is shared by the experiments: refuse to draw another experiment's tables.
 
     Snakemake reruns a table stage for a new experiment only if its metadata says the params changed; in a
@@ -134,13 +138,13 @@ def _require_own_tables(cfg: Config, args: argparse.Namespace, summary_path: Pat
         files = " ".join(f"--config {f}" for f in args.config or [])
         raise ValueError(f"{summary_path} and the tables beside it are experiment '{found}', not "
                          f"'{cfg.experiment}': write them first with `advsoup {table_stage} {files}` (or "
-                         f"`snakemake --forcerun {table_rule} ...`)")
+                         f"`snakemake --forcerun {table_stage.replace('-', '_')} ...`)")
 
 
 def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .figures import adapter_figure, soup_curve
 
-    _require_own_tables(cfg, args, paths.summary, "aggregate", "aggregate")
+    _require_own_tables(cfg, args, paths.summary, "aggregate")
     print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
     print(f"wrote {adapter_figure(paths.summary, paths.tables, paths.figures / 'adapters.png')}")
 
@@ -204,12 +208,12 @@ def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> Non
 def _cmd_shift_figure(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     from .shift_report import shift_figure
 
-    _require_own_tables(cfg, args, paths.shift_summary, "shift-table", "shift_table")
+    _require_own_tables(cfg, args, paths.shift_summary, "shift-table")
     print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
 
 
 def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    summary = json.loads(paths.summary.read_text()) if paths.summary.is_file() else None
+    summary = _read_summary(paths.summary)
     print(f"\nExperiment '{cfg.experiment}' outputs:")
     print(f"  summary  {paths.summary}")
     print(f"  tables   {paths.tables}/runs.csv, {paths.tables}/soups.csv")
@@ -217,7 +221,7 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
     print(f"  adapters {paths.tables}/adapters.csv (per variant), figure {paths.figures / 'adapters.png'}; "
           f"parameter accounting {paths.parameters_table}")
     print(f"  runs     {Path(cfg.results_dir) / 'runs' / cfg.experiment}/<run>/ (weights, training log, config)")
-    if summary and summary.get("experiment") == cfg.experiment:
+    if summary.get("experiment") == cfg.experiment:
         a = summary["attack"]
         print(f"\nrobust = {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} test images")
         for run_id, r in summary["runs"].items():
@@ -230,7 +234,7 @@ def _cmd_where(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
             print(line)
         _print_variants(summary)
         _print_robustness(summary)
-    shifts = json.loads(paths.shift_summary.read_text()) if paths.shift_summary.is_file() else {}
+    shifts = _read_summary(paths.shift_summary)
     if shifts.get("experiment") == cfg.experiment:  # not another experiment's (results/ is shared)
         print(f"\nshifts   {paths.tables}/shift.csv, shift_adaptation.csv; figure {paths.figures / 'shift.png'}")
         for variant, s in shifts["variants"].items():

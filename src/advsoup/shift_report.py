@@ -49,7 +49,7 @@ def _rows(rec: Dict[str, Any]):
 
 
 def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Path,
-                 experiment: str | None = None) -> Dict[str, Any]:
+                 experiment: str) -> Dict[str, Any]:
     acc_rows: List[Dict[str, Any]] = []
     adapt_rows: List[Dict[str, Any]] = []
     draw_rows: List[Dict[str, Any]] = []
