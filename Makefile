@@ -10,7 +10,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PROFILE_LOCAL := --workflow-profile workflow/profiles/local
 CORES ?= 2
 
-.PHONY: setup data demo study test test-all bench lint clean-results slurm-up slurm-down
+.PHONY: setup test-setup data demo study test test-all bench lint clean-results slurm-up slurm-down
 
 setup: $(VENV)/.setup-done data
 
@@ -23,11 +23,13 @@ $(VENV)/.setup-done: pyproject.toml
 
 # Debian's dataset-fashion-mnist (MIT) ships the real Fashion-MNIST IDX files.
 data:
-	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
-	  echo "installing Debian package dataset-fashion-mnist"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
-	fi
+	@bash scripts/system-packages.sh install data
+
+# What the test suite needs besides Python: Debian's Slurm, munge and MariaDB packages (the
+# SLURM tests start a single-node cluster from them). Installed before pytest starts, so no
+# test depends on another having run.
+test-setup: setup
+	@bash scripts/system-packages.sh install test
 
 demo: setup
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/demo.yaml
@@ -37,11 +39,11 @@ study: setup
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/study.yaml
 	@advsoup where --config params/experiments/study.yaml
 
-test: setup
+test: test-setup
 	pytest -m "not slow" -q
 
 # Everything, including the long end-to-end tests.
-test-all: setup
+test-all: test-setup
 	pytest -q
 
 bench: setup

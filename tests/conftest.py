@@ -32,3 +32,13 @@ def tiny_cfg(tmp_path, prepared):
     return load_config([TINY], [f"results_dir={tmp_path}/results", f"figures_dir={tmp_path}/figures",
                                 f"data.prepared_dir={prepared.parent}", "launcher.executor=inline",
                                 f"launcher.log_dir={tmp_path}/logs"])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run the collected tests in reverse order (checks that no test depends on another)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse-order"):
+        items.reverse()

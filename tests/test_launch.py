@@ -87,15 +87,15 @@ def test_the_slurm_job_script_asks_for_the_configured_resources(tmp_path):
         "launcher.executor=slurm", "launcher.partition=gpu", "launcher.account=proj", "launcher.qos=high",
         "launcher.constraint=a100", "launcher.setup=[module load cuda/12.4]", "launcher.sbatch={exclude: node07}",
         "launcher.train={gpus: 4, cpus: 8, mem_gb: 64, time_min: 1440, nodes: 2}", "launcher.evaluate.gpus=1"])
-    train_script = launch.executor_for(cfg.launcher, cfg.launcher.train, "tiny-train-token-s0", tmp_path,
-                                       distributed=True)._make_submission_file_text("python -m job", "uid")
+    # Rendered without a cluster: this test must pass where SLURM was never installed.
+    train_script = launch.slurm_script(cfg.launcher, cfg.launcher.train, "tiny-train-token-s0", tmp_path,
+                                       distributed=True)
     for flag in ("job-name=tiny-train-token-s0", "partition=gpu", "account=proj", "qos=high", "constraint=a100",
                  "nodes=2", "ntasks-per-node=4", "gpus-per-node=4", "cpus-per-task=8", "mem=65536M", "time=1440",
                  "signal=USR2@120", "exclude=node07"):
         assert f"#SBATCH --{flag}\n" in train_script, flag
     assert "\nmodule load cuda/12.4\n" in train_script
-    evaluator = launch.executor_for(cfg.launcher, cfg.launcher.evaluate, "tiny-evaluate-token-s0", tmp_path)
-    eval_script = evaluator._make_submission_file_text("python -m job", "uid")
+    eval_script = launch.slurm_script(cfg.launcher, cfg.launcher.evaluate, "tiny-evaluate-token-s0", tmp_path)
     assert "#SBATCH --ntasks-per-node=1\n" in eval_script and "#SBATCH --gpus-per-node=1\n" in eval_script
 
 

@@ -28,7 +28,7 @@ TIMEOUT="${ADVSOUP_SLURM_TIMEOUT:-90}"
 DB_PORT="${ADVSOUP_SLURM_DB_PORT:-3307}"
 CLUSTER=advsoup
 NODE=localhost
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server mariadb-client)
+read -r -a PACKAGES <<<"$("$(dirname "$0")/../system-packages.sh" list slurm)"
 
 ETC="$STATE/etc"
 LOG="$STATE/log"

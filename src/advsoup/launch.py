@@ -54,23 +54,42 @@ def tasks_per_node(res: ResourcesConfig, distributed: bool) -> int:
     return res.tasks or max(1, res.gpus)
 
 
+def slurm_parameters(cfg: LauncherConfig, res: ResourcesConfig, name: str, distributed: bool = False) -> dict:
+    """The sbatch options of a job: its stage's resources and the site's settings (no cluster needed)."""
+    site = {k: v for k, v in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos),
+                              ("constraint", cfg.constraint)) if v}
+    return dict(
+        job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=tasks_per_node(res, distributed),
+        cpus_per_task=res.cpus, mem=f"{int(res.mem_gb * 1024)}M", gpus_per_node=res.gpus or None,
+        signal_delay_s=SIGNAL_DELAY_S, setup=list(cfg.setup) or None,
+        additional_parameters=dict(cfg.sbatch) or None, **site)
+
+
+def slurm_script(cfg: LauncherConfig, res: ResourcesConfig, name: str, folder: Path,
+                 distributed: bool = False, command: str = "python -u -m submitit.core._submit") -> str:
+    """The sbatch script a job would get, rendered on any machine.
+
+    submitit's SlurmExecutor refuses to exist where ``srun`` is missing, so this renders with the
+    function it uses itself (``_make_sbatch_string``) to check resources on a laptop or in tests.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=command, folder=folder / "%j",
+                               **slurm_parameters(cfg, res, name, distributed))
+
+
 def executor_for(cfg: LauncherConfig, res: ResourcesConfig, name: str, folder: Path,
                  distributed: bool = False) -> submitit.Executor:
     folder = folder / "%j"
-    ntasks = tasks_per_node(res, distributed)
     if cfg.executor == "local":
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus, tasks_per_node=ntasks)
+        ex.update_parameters(timeout_min=res.time_min, gpus_per_node=res.gpus,
+                             tasks_per_node=tasks_per_node(res, distributed))
         return ex
     if cfg.executor != "slurm":
         raise LaunchError(f"{name}: launcher.executor '{cfg.executor}' submits no job (local or slurm do)")
     ex = submitit.SlurmExecutor(folder=folder)
-    site = {k: v for k, v in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos),
-                              ("constraint", cfg.constraint)) if v}
-    ex.update_parameters(
-        job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=ntasks, cpus_per_task=res.cpus,
-        mem=f"{int(res.mem_gb * 1024)}M", gpus_per_node=res.gpus or None, signal_delay_s=SIGNAL_DELAY_S,
-        setup=list(cfg.setup) or None, additional_parameters=dict(cfg.sbatch) or None, **site)
+    ex.update_parameters(**slurm_parameters(cfg, res, name, distributed))
     return ex
 
 
