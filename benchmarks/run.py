@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from advsoup.attacks import pgd
+from advsoup.robust.attacks import pgd
 from advsoup.config import EXPERIMENTS_DIR, load_config
 from advsoup.models import FAMILIES, build_model
 

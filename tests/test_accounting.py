@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from advsoup.accounting import paper_check, parameter_table
+from advsoup.models.accounting import paper_check, parameter_table
 from advsoup.cli import main
 from advsoup.config import EXPERIMENTS_DIR, ModelConfig
 from advsoup.models import FAMILIES

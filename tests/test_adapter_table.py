@@ -5,8 +5,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from advsoup import figures
-from advsoup.aggregate import aggregate
+from advsoup.report import figures
+from advsoup.report.aggregate import aggregate
 from advsoup.cli import _print_variants, main
 from advsoup.config import EXPERIMENTS_DIR
 

@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 import torch
 
-from advsoup.attacks import pgd
+from advsoup.robust.attacks import pgd
 from advsoup.checkpoint import load_tensors
 from advsoup.config import EXPERIMENTS_DIR, AttackConfig, Paths, load_config, split_run_id
 from advsoup.data.prepared import load_split
-from advsoup.evaluate import clean_accuracy, load_run, robust_accuracy
+from advsoup.robust.evaluate import clean_accuracy, load_run, robust_accuracy
 from advsoup.train import TrainJob, train
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from advsoup.aggregate import training_table
+from advsoup.report.aggregate import training_table
 from advsoup.config import REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -262,7 +262,7 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
     assert not any(f"Running stage '{s}'" in out for s in ("prepare", "shift_suite", "experiment")), out
     assert not (clone / "data").exists() and not (clone / "results" / "runs").exists()
     changed = sh(["git", "status", "--porcelain"], clone, env).stdout.split("\n")
-    assert sorted(line[3:] for line in changed if line) == ["dvc.lock", "src/advsoup/figures.py"], changed
+    assert sorted(line[3:] for line in changed if line) == ["dvc.lock", "src/advsoup/report/figures.py"], changed
 
     sh(["dvc", "pull"], clone, env)
     assert digests(clone) == digests(history.repo)

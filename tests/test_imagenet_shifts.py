@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from advsoup.data.imagenet_shifts import (RealShiftMissing, imagenet_synsets, load_real_shift, predict_labels,
+from advsoup.shift.imagenet import (RealShiftMissing, imagenet_synsets, load_real_shift, predict_labels,
                                           real_shift_sets)
 
 R_WNIDS = ["n01443537", "n01484850"]  # goldfish (1k index 1), great white shark (2): ImageNet-R classes

@@ -16,15 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from advsoup import autoattack
-from advsoup.aggregate import aggregate
-from advsoup.attacks import pgd
+from advsoup.robust import autoattack
+from advsoup.report.aggregate import aggregate
+from advsoup.robust.attacks import pgd
 from advsoup.cli import _print_robustness, main
 from advsoup.config import EXPERIMENTS_DIR, AttackConfig, ConfigError, Paths, load_config, split_run_id
 from advsoup.data.prepared import load_split
-from advsoup.evaluate import clean_accuracy, load_run, robust_accuracy
+from advsoup.robust.evaluate import clean_accuracy, load_run, robust_accuracy
 from advsoup.models import build_model
-from advsoup.robustness import FAIL, PASS, Curves, masking_checks, status
+from advsoup.robust.checks import FAIL, PASS, Curves, masking_checks, status
 from advsoup.train import TrainJob, train
 
 CPU = torch.device("cpu")

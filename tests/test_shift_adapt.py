@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from advsoup.adapt import choose_weight, finetune, kshot_split
+from advsoup.shift.adapt import choose_weight, finetune, kshot_split
 from advsoup.config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig
 from advsoup.models import build_model
 

@@ -8,10 +8,10 @@ import torch
 
 from advsoup.cli import main
 from advsoup.config import EXPERIMENTS_DIR, Paths, load_config, shift_reference_run, split_run_id
-from advsoup.data.shifts import SuiteJob, load_sets, run_suite
-from advsoup.evaluate import clean_accuracy, load_run
-from advsoup.shift import HardJob, ShiftJob, build_hard_subset, run_shift
-from advsoup.shift_report import shift_figure, shift_tables
+from advsoup.shift.suite import SuiteJob, load_sets, run_suite
+from advsoup.robust.evaluate import clean_accuracy, load_run
+from advsoup.shift.evaluate import HardJob, ShiftJob, build_hard_subset, run_shift
+from advsoup.report.shift_tables import shift_figure, shift_tables
 from advsoup.train import TrainJob, train
 
 

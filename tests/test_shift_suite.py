@@ -7,7 +7,7 @@ from imagecorruptions import get_corruption_names
 
 from advsoup.config import CORRUPTIONS, ConfigError, ShiftConfig, load_config
 from advsoup.data.prepared import load_split
-from advsoup.data.shifts import corrupt_image, generate_suite, load_sets, sketch_image
+from advsoup.shift.suite import corrupt_image, generate_suite, load_sets, sketch_image
 
 SMALL = dict(subset=40, corruptions=["gaussian_noise", "glass_blur", "spatter", "contrast"], severities=[1, 5])
 

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from advsoup.accounting import parameter_table
-from advsoup.attacks import pgd
+from advsoup.models.accounting import parameter_table
+from advsoup.robust.attacks import pgd
 from advsoup.checkpoint import load_model_meta
 from advsoup.config import EXPERIMENTS_DIR, RESNET_ADAPTERS, VIT_ADAPTERS, RunConfig, load_config
 from advsoup.data.prepared import load_split
-from advsoup.evaluate import load_run
+from advsoup.robust.evaluate import load_run
 from advsoup.models import FAMILIES, build_model
 from advsoup.models.adapters import DualParams, plain_key
 from advsoup.train import TrainJob, _loss, train

@@ -93,7 +93,7 @@ def _cmd_train(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(cfg: Config, paths: Paths, args: argparse.Namespace, soups: bool = False) -> None:
-    from .evaluate import EvalJob, run_evaluation
+    from .robust.evaluate import EvalJob, run_evaluation
 
     _, run, seed = split_run_id(cfg, args.run)
     out = paths.soup_file(args.run) if soups else paths.eval_file(args.run)
@@ -104,7 +104,7 @@ def _cmd_evaluate(cfg: Config, paths: Paths, args: argparse.Namespace, soups: bo
 
 
 def _cmd_robustness(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .robustness import RobustnessJob, run_robustness
+    from .robust.checks import RobustnessJob, run_robustness
 
     _, run, seed = split_run_id(cfg, args.run)
     job = RobustnessJob(args.run, run, seed, cfg.data, cfg.model, cfg.evaluate, paths.prepared,
@@ -113,7 +113,7 @@ def _cmd_robustness(cfg: Config, paths: Paths, args: argparse.Namespace) -> None
 
 
 def _cmd_aggregate(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .aggregate import aggregate, training_table
+    from .report.aggregate import aggregate, training_table
 
     aggregate(cfg.experiment, [paths.eval_file(r) for r in run_ids(cfg)],
               [paths.soup_file(r) for r in soup_run_ids(cfg)], paths.summary, paths.tables,
@@ -142,7 +142,7 @@ def _require_own_tables(cfg: Config, args: argparse.Namespace, summary_path: Pat
 
 
 def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .figures import adapter_figure, soup_curve
+    from .report.figures import adapter_figure, soup_curve
 
     _require_own_tables(cfg, args, paths.summary, "aggregate")
     print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
@@ -150,7 +150,7 @@ def _cmd_figures(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
 
 
 def _cmd_adapters(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .accounting import write_accounting
+    from .models.accounting import write_accounting
 
     check = write_accounting(cfg.model, paths.parameters_table, paths.parameters_summary)
     print(f"wrote {paths.parameters_table} and {paths.parameters_summary}")
@@ -160,7 +160,7 @@ def _cmd_adapters(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
 
 
 def _cmd_shift_suite(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .data.shifts import SuiteJob, run_suite
+    from .shift.suite import SuiteJob, run_suite
 
     run_suite(SuiteJob(paths.prepared, paths.shift_suite, cfg.shift))
 
@@ -176,7 +176,7 @@ def _cmd_shift_reference(cfg: Config, paths: Paths, args: argparse.Namespace) ->
 
 
 def _cmd_shift_hard(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .shift import HardJob, build_hard_subset
+    from .shift.evaluate import HardJob, build_hard_subset
 
     job = HardJob(paths.prepared, paths.shift_reference, cfg.model, cfg.shift.hard, cfg.shift.seed,
                   cfg.evaluate.batch_size, paths.shift_hard)
@@ -184,7 +184,7 @@ def _cmd_shift_hard(cfg: Config, paths: Paths, args: argparse.Namespace) -> None
 
 
 def _cmd_shift(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .shift import ShiftJob, run_shift
+    from .shift.evaluate import ShiftJob, run_shift
 
     _, run, seed = split_run_id(cfg, args.run)
     job = ShiftJob(args.run, run, seed, cfg.model, cfg.evaluate, cfg.shift, paths.shift_suite, paths.shift_hard,
@@ -193,7 +193,7 @@ def _cmd_shift(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
 
 
 def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .shift_report import shift_tables
+    from .report.shift_tables import shift_tables
 
     summary = shift_tables([paths.shift_file(r) for r in run_ids(cfg)], paths.tables, paths.shift_summary,
                            cfg.experiment)
@@ -206,7 +206,7 @@ def _cmd_shift_table(cfg: Config, paths: Paths, args: argparse.Namespace) -> Non
 
 
 def _cmd_shift_figure(cfg: Config, paths: Paths, args: argparse.Namespace) -> None:
-    from .shift_report import shift_figure
+    from .report.shift_tables import shift_figure
 
     _require_own_tables(cfg, args, paths.shift_summary, "shift-table")
     print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
@@ -262,7 +262,7 @@ def _print_variants(summary: dict) -> None:
 
 def _print_robustness(summary: dict) -> None:
     """AutoAttack numbers and the gradient-masking verdict; a failed or skipped check is named."""
-    from .aggregate import attack_label  # pandas: only where it is needed
+    from .report.aggregate import attack_label  # pandas: only where it is needed
 
     for run_id, r in summary["runs"].items():
         aa = r.get("autoattack")

@@ -27,7 +27,7 @@ from timm.scheduler import CosineLRScheduler
 
 from . import checkpoint as ckpt
 from .atomic import write_text
-from .attacks import pgd
+from .robust.attacks import pgd
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
 from .data.prepared import load_split
 from .logs import progress, setup_logging

@@ -1,6 +1,6 @@
 """AutoAttack (Croce & Hein, ICML 2020) through the maintained package ``pyautoattack``.
 
-The final robust numbers of a run come from here, PGD (advsoup.attacks) being
+The final robust numbers of a run come from here, PGD (advsoup.robust.attacks) being
 the attack of the soup sweeps. AutoAttack runs through the soup weight it
 evaluates, on the model in eval mode, with the threat model (norm, eps) of
 ``evaluate.attack``. The package seeds the global torch RNG; it runs inside
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from .attacks import eval_mode
-from .config import AttackConfig, AutoAttackConfig
-from .logs import LOGGER
-from .models.adapters import AdaptedModel
+from ..config import AttackConfig, AutoAttackConfig
+from ..logs import LOGGER
+from ..models.adapters import AdaptedModel
 
 PACKAGE_NORMS = {"linf": "Linf", "l2": "L2"}
 

@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_json
-from .config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig
-from .models.adapters import AdaptedModel
-from .models.resnet import create_resnet, create_resnet50
-from .models.vit import create_vit, create_vit_b16
+from ..atomic import atomic_path, write_json
+from ..config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig
+from .adapters import AdaptedModel
+from .resnet import create_resnet, create_resnet50
+from .vit import create_vit, create_vit_b16
 
 PAPER_TOKEN_VS_DUAL_NORM = 49  # "49x fewer domain-specific parameters than dual normalisation layers"
 

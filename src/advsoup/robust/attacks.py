@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ATTACK_MODEL_MODES, AttackConfig
-from .models.adapters import Weight
+from ..config import ATTACK_MODEL_MODES, AttackConfig
+from ..models.adapters import Weight
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.adapters import AdaptedModel
+from ..models.adapters import AdaptedModel
 
 
 @torch.no_grad()
@@ -91,7 +91,3 @@ def finetune(model: AdaptedModel, params: List[torch.nn.Parameter], x: torch.Ten
             p.grad = None
     return losses
 
-
-def mean_std(values: Sequence[float]) -> Dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": round(float(arr.mean()), 5), "std": round(float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, 5)}

@@ -29,13 +29,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .atomic import write_json
-from .config import EvaluateConfig
-from .data.prepared import load_split
+from ..atomic import write_json
+from ..config import EvaluateConfig
+from ..data.prepared import load_split
 from .evaluate import RunJob, load_run, pgd_record, robust_accuracy
-from .logs import setup_logging
-from .models.adapters import AdaptedModel
-from .runtime import runtime_from_env
+from ..logs import setup_logging
+from ..models.adapters import AdaptedModel
+from ..runtime import runtime_from_env
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 

@@ -3,7 +3,7 @@
 ``run_shift`` measures one run's clean accuracy (no attack) on each set of the
 suite and on the hard subset at every soup weight and, for a run that has
 soups, compares on each set the ways to adapt from ``shift.k`` labelled target
-examples (advsoup.adapt) over ``shift.draws`` draws:
+examples (advsoup.shift.adapt) over ``shift.draws`` draws:
 
     clean_mode, robust_mode     w=0, w=1
     kshot_soup                  the weight that does best on the k examples
@@ -25,19 +25,18 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .adapt import choose_weight, finetune, kshot_split, mean_std, predict
-from .atomic import write_json
-from .config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
-from .data.prepared import load_split
-from .data.shifts import CLEAN, HARD, SKETCH, load_sets, read_manifest, write_sets
-from .evaluate import load_run
-from .logs import progress, setup_logging
-from .models.adapters import AdaptedModel
-from .runtime import runtime_from_env
+from ..stats import mean_std
+from .adapt import choose_weight, finetune, kshot_split, predict
+from ..atomic import write_json
+from ..config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
+from ..data.prepared import load_split
+from .names import AVERAGE, CLEAN, HARD, MEAN_CORRUPTION, METHODS, SKETCH
+from .suite import load_sets, read_manifest, write_sets
+from ..robust.evaluate import load_run
+from ..logs import progress, setup_logging
+from ..models.adapters import AdaptedModel
+from ..runtime import runtime_from_env
 
-METHODS = ("clean_mode", "robust_mode", "kshot_soup", "adapter_finetune", "full_finetune", "oracle_soup")
-AVERAGE = "average"
-MEAN_CORRUPTION = "mean_corruption"
 
 
 def wkey(w: float) -> str:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import pandas as pd
 
-from .atomic import atomic_path, write_json
-from .config import ADAPTERS, FAMILIES, TRAININGS
+from ..atomic import atomic_path, write_json
+from ..stats import mean_std
+from ..config import ADAPTERS, FAMILIES, TRAININGS
 
 
 def variant_name(rec: Dict[str, Any]) -> str:
@@ -23,10 +23,6 @@ def _read(path: Path) -> Dict[str, Any]:
         raise FileNotFoundError(f"metric file '{path}' is missing: run the evaluate/soups stage for it")
     return json.loads(path.read_text())
 
-
-def _mean_std(values: Sequence[float]) -> Dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 5),
-            "std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0}
 
 
 ADAPTER_COLUMNS = ["variant", "family", "training", "adapter", "domain_parameters", "seeds",
@@ -60,7 +56,7 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
                "adapter": first["adapter"], "domain_parameters": int(first["domain_parameters"]), "seeds": len(grp)}
         for col in ("clean_acc_clean_mode", "robust_acc_robust_mode", "aa_robust_acc_robust_mode"):
             if grp[col].notna().all():
-                s = _mean_std(grp[col].tolist())
+                s = mean_std(grp[col].tolist())
                 row[f"{col}_mean"], row[f"{col}_std"] = s["mean"], s["std"]
         for col in ("pgd_attack", "autoattack"):
             row[col] = first.get(col)
@@ -73,7 +69,7 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
             at_best = mine[mine["w"] == best]
             row["best_soup_w"] = float(best)
             for col in ("clean_acc", "robust_acc"):
-                s = _mean_std(at_best[col].tolist())
+                s = mean_std(at_best[col].tolist())
                 row[f"best_soup_{col}_mean"], row[f"best_soup_{col}_std"] = s["mean"], s["std"]
         out.append(row)
     table = pd.DataFrame(out, columns=ADAPTER_COLUMNS)

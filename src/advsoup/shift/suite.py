@@ -36,9 +36,9 @@ from PIL import Image
 from ..atomic import atomic_dir, write_json
 from ..config import CORRUPTIONS, ShiftConfig
 from ..logs import progress, setup_logging
-from .prepared import MANIFEST, balanced_subset, load_split, sha256
+from ..data.prepared import MANIFEST, balanced_subset, load_split, sha256
+from .names import CLEAN, HARD, SKETCH
 
-CLEAN, SKETCH, HARD = "clean", "sketch", "hard"
 MIN_SIDE = 32  # imagecorruptions refuses smaller images
 
 

@@ -1,4 +1,4 @@
-"""The config schema, loading, validation and the run grid.
+"""The config schema: every key with its type and default, and the checks a type cannot express.
 
 One source of truth for Snakemake, DVC, the CLI, tests and benchmarks:
 ``params/defaults.yaml`` <- experiment file(s) <- command-line dotlist, merged
@@ -7,16 +7,13 @@ the typed sub-config it needs (:func:`stage_config`).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULTS_FILE = REPO_ROOT / "params" / "defaults.yaml"
 EXPERIMENTS_DIR = REPO_ROOT / "params" / "experiments"
 
@@ -26,7 +23,7 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
-ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.attacks)
+ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.robust.attacks)
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 EXECUTORS = ("local", "slurm", "inline")
@@ -220,60 +217,6 @@ class Config:
     runs: Dict[str, RunConfig] = field(default_factory=dict)
 
 
-def _located(exc: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or "?"
-    msg = str(exc).splitlines()[0]
-    return ConfigError(f"{source}: bad key '{key}': {msg}. Fix or remove it (every key is listed, "
-                       f"with its type, in {DEFAULTS_FILE.relative_to(REPO_ROOT)}).")
-
-
-def _merge_one(base: DictConfig, extra: Any, source: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(base, extra)
-    except OmegaConfBaseException as exc:
-        raise _located(exc, source) from None
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; experiment files live in "
-                          f"params/experiments/ (e.g. params/experiments/demo.yaml)")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return loaded
-
-
-def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (),
-                extra: Optional[Dict[str, Any]] = None) -> Config:
-    """defaults <- files (in order) <- extra dict <- dotlist overrides, validated.
-
-    Raises ConfigError naming the key and the file (or 'command line') at fault.
-    """
-    layers: List[tuple[str, Any]] = [(str(f), _read_yaml(Path(f))) for f in files]
-    if extra:
-        layers.append(("snakemake --config", OmegaConf.create(extra)))
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"command line: override '{bad[0]}' is not of the form key=value")
-        try:
-            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
-        except OmegaConfBaseException as exc:
-            raise _located(exc, "command line") from None
-    cfg = _merge_one(OmegaConf.structured(Config), _read_yaml(DEFAULTS_FILE), str(DEFAULTS_FILE))
-    # Validate after every layer, so a bad value is blamed on the layer that brought it.
-    for i, (source, layer) in enumerate(layers):
-        cfg = _merge_one(cfg, layer, source)
-        validate(OmegaConf.to_object(cfg), source, final=i == len(layers) - 1)
-    if not layers:
-        validate(OmegaConf.to_object(cfg), str(DEFAULTS_FILE), final=True)
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
 def _check(ok: bool, source: str, key: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"{source}: bad value for '{key}': {what}")
@@ -409,196 +352,3 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
                f"{key}.seeds", "list one or more distinct seeds")
 
 
-# ---- the run grid --------------------------------------------------------------------------
-
-def run_ids(cfg: Config) -> List[str]:
-    """Every (run, seed) of the experiment as '<run>-s<seed>', the DAG's wildcard values."""
-    return [f"{name}-s{seed}" for name, run in cfg.runs.items() for seed in run.seeds]
-
-
-def split_run_id(cfg: Config, run_id: str) -> tuple[str, RunConfig, int]:
-    name, _, seed = run_id.rpartition("-s")
-    if name not in cfg.runs or not seed.isdigit() or int(seed) not in cfg.runs[name].seeds:
-        raise ConfigError(f"unknown run '{run_id}' for experiment '{cfg.experiment}'; "
-                          f"known runs: {', '.join(run_ids(cfg))}")
-    return name, cfg.runs[name], int(seed)
-
-
-def soupable(cfg: Config, run_id: str) -> bool:
-    """A run has a soup sweep when it was co-trained with an adapter (two copies to mix)."""
-    _, run, _ = split_run_id(cfg, run_id)
-    return run.training == "cotrain" and run.adapter != "none"
-
-
-def soup_run_ids(cfg: Config) -> List[str]:
-    return [r for r in run_ids(cfg) if soupable(cfg, r)]
-
-
-# ---- paths: one place that knows where every output lives ----------------------------------
-
-@dataclass(frozen=True)
-class Paths:
-    cfg: Config
-
-    @property
-    def prepared(self) -> Path:
-        return Path(self.cfg.data.prepared_dir) / self.cfg.data.name
-
-    def run_dir(self, run_id: str) -> Path:
-        return Path(self.cfg.results_dir) / "runs" / self.cfg.experiment / run_id
-
-    def metrics_dir(self, run_id: str) -> Path:
-        return Path(self.cfg.results_dir) / "metrics" / self.cfg.experiment / run_id
-
-    def history_file(self, run_id: str) -> Path:
-        """Per-epoch training log: small, so it sits with the metrics in git."""
-        return self.metrics_dir(run_id) / "train_log.csv"
-
-    def eval_file(self, run_id: str) -> Path:
-        return self.metrics_dir(run_id) / "eval.json"
-
-    def soup_file(self, run_id: str) -> Path:
-        return self.metrics_dir(run_id) / "soups.json"
-
-    def robustness_file(self, run_id: str) -> Path:
-        """The gradient-masking checks of a run (advsoup.robustness)."""
-        return self.metrics_dir(run_id) / "robustness.json"
-
-    @property
-    def shift_suite(self) -> Path:
-        """The corruption/sketch sets: a data-stage output (DVC cache), one per experiment's shift config."""
-        return Path(self.cfg.shift.dir) / self.cfg.experiment
-
-    @property
-    def shift_reference(self) -> Path:
-        """The independently trained reference model whose mistakes make the hard subset."""
-        return self.run_dir("shift_reference")
-
-    @property
-    def shift_hard(self) -> Path:
-        return self.shift_reference / "hard"
-
-    def shift_file(self, run_id: str) -> Path:
-        return self.metrics_dir(run_id) / "shift.json"
-
-    @property
-    def shift_summary(self) -> Path:
-        return Path(self.cfg.results_dir) / "shift_summary.json"
-
-    @property
-    def summary(self) -> Path:
-        return Path(self.cfg.results_dir) / "summary.json"
-
-    @property
-    def tables(self) -> Path:
-        return Path(self.cfg.results_dir) / "tables"
-
-    @property
-    def parameters_table(self) -> Path:
-        """Domain-specific parameters of every adapter (advsoup.accounting)."""
-        return self.tables / "adapter_parameters.csv"
-
-    @property
-    def parameters_summary(self) -> Path:
-        return Path(self.cfg.results_dir) / "adapter_parameters.json"
-
-    @property
-    def figures(self) -> Path:
-        return Path(self.cfg.figures_dir)
-
-    @property
-    def logs(self) -> Path:
-        return Path(self.cfg.launcher.log_dir)
-
-
-# ---- sub-configs per stage -----------------------------------------------------------------
-
-def stage_config(cfg: Config, stage: str, run_id: Optional[str] = None) -> Dict[str, Any]:
-    """The part of the config a stage reads, as a plain dict.
-
-    Snakemake's params and DVC's params name exactly these keys, so an edit
-    elsewhere in the config does not rerun the stage.
-    """
-    if stage not in STAGES + SHIFT_STAGES:
-        raise ConfigError(f"unknown stage '{stage}'; stages are {STAGES + SHIFT_STAGES}")
-    c = OmegaConf.structured(cfg)
-
-    def part(key: str) -> Any:
-        return OmegaConf.to_container(OmegaConf.select(c, key), resolve=True)
-
-    out: Dict[str, Any] = {}
-    if stage == "prepare":
-        out["data"] = part("data")
-    elif stage in ("train", "evaluate", "soups", "robustness"):
-        if run_id is None:
-            raise ConfigError(f"stage '{stage}' needs a run id")
-        name, _, seed = split_run_id(cfg, run_id)
-        run = part(f"runs.{name}")
-        run.pop("seeds")
-        out.update(run=run, seed=seed, data=part("data"), model=part("model"))
-        if stage == "train":
-            out["train"] = part("train")
-        else:
-            out["evaluate"] = part("evaluate")
-            # Only what the stage reads: AutoAttack runs in evaluate, the masking checks in robustness.
-            unread = {"evaluate": ("soup_weights", "robustness"), "soups": ("autoattack", "robustness"),
-                      "robustness": ("soup_weights", "autoattack", "robust_subset")}[stage]
-            for key in unread:
-                out["evaluate"].pop(key)
-    elif stage == "adapters":  # parameter accounting: the study's network sizes only
-        out["model"] = part("model")
-    elif stage in SHIFT_STAGES:
-        out = _shift_stage_config(cfg, stage, run_id, part)
-    else:  # aggregate / figures: the grid and the evaluation protocol they report
-        out["runs"] = part("runs")
-        out["evaluate"] = part("evaluate")
-        out["train_attack"] = part("train.attack")
-    return out
-
-
-def shift_reference_run(cfg: Config) -> tuple[RunConfig, TrainConfig]:
-    """The hard subset's reference model: a nominal run of shift.hard.family, trained apart from the grid."""
-    h = cfg.shift.hard
-    train = replace(cfg.train, epochs=h.epochs or cfg.train.epochs)
-    return RunConfig(training="nominal", adapter="none", family=h.family, seeds=[h.seed]), train
-
-
-def _shift_stage_config(cfg: Config, stage: str, run_id: Optional[str], part) -> Dict[str, Any]:
-    shift, evaluate = part("shift"), part("evaluate")
-    adaptation = {k: shift[k] for k in ("seed", "k", "draws", "finetune")}
-    if stage == "shift-suite":
-        return {"dataset": cfg.data.name,
-                "shift": {k: shift[k] for k in ("seed", "subset", "corruptions", "severities", "sketch")}}
-    if stage == "shift-reference":
-        run, train = shift_reference_run(cfg)
-        return {"run": {"training": run.training, "adapter": run.adapter, "family": run.family},
-                "seed": cfg.shift.hard.seed, "data": part("data"), "model": part("model"),
-                "train": OmegaConf.to_container(OmegaConf.structured(train))}
-    if stage == "shift-hard":
-        return {"hard": shift["hard"], "seed": shift["seed"], "batch_size": evaluate["batch_size"]}
-    if stage == "shift":
-        if run_id is None:
-            raise ConfigError(f"stage '{stage}' needs a run id")
-        name, _, seed = split_run_id(cfg, run_id)
-        run = part(f"runs.{name}")
-        run.pop("seeds")
-        return {"run": run, "seed": seed, "model": part("model"), "shift": adaptation,
-                "evaluate": {k: evaluate[k] for k in ("soup_weights", "batch_size", "threads")}}
-    return {"runs": part("runs"), "shift": adaptation}  # shift-table / shift-figure
-
-
-def dotlist(nested: Any, prefix: str = "") -> List[str]:
-    """{'launcher': {'executor': 'slurm'}} -> ['launcher.executor=slurm'] (Snakemake --config to overrides)."""
-    if isinstance(nested, dict) or hasattr(nested, "items"):
-        return [o for k, v in nested.items() for o in dotlist(v, f"{prefix}{k}.")]
-    if isinstance(nested, (list, tuple)):
-        nested = "[" + ",".join(str(v) for v in nested) + "]"
-    return [f"{prefix[:-1]}={nested}"]
-
-
-def to_yaml(obj: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(obj), sort_keys=True)
-
-
-def digest(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)

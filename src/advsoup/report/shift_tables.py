@@ -21,12 +21,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .adapt import mean_std  # noqa: E402
+from ..stats import mean_std  # noqa: E402
 from .aggregate import variant_name  # noqa: E402
-from .atomic import atomic_path, write_json  # noqa: E402
-from .config import CORRUPTIONS  # noqa: E402
+from ..atomic import atomic_path, write_json  # noqa: E402
+from ..config import CORRUPTIONS  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .shift import AVERAGE, MEAN_CORRUPTION, METHODS  # noqa: E402
+from ..shift.names import AVERAGE, MEAN_CORRUPTION, METHODS  # noqa: E402
 
 LABELS = {"clean_mode": "clean mode (w=0)", "robust_mode": "robust mode (w=1)",
           "kshot_soup": "k-shot soup", "adapter_finetune": "adapter fine-tuned on k",

@@ -16,15 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from . import autoattack
-from . import checkpoint as ckpt
-from .atomic import write_json
+from .. import checkpoint as ckpt
+from ..atomic import write_json
 from .attacks import pgd
-from .config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
-from .data.prepared import load_split
-from .logs import progress, setup_logging
-from .models import build_model
-from .models.adapters import AdaptedModel
-from .runtime import runtime_from_env
+from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
+from ..data.prepared import load_split
+from ..logs import progress, setup_logging
+from ..models import build_model
+from ..models.adapters import AdaptedModel
+from ..runtime import runtime_from_env
 
 
 @dataclass

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .config import FAMILIES  # noqa: E402
+from ..atomic import atomic_path  # noqa: E402
+from ..config import FAMILIES  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:

@@ -1,0 +1,6 @@
+"""Names shared by the shift stages and their report (torch-free: the report imports them)."""
+CLEAN, SKETCH, HARD = "clean", "sketch", "hard"
+# How a run is scored on a shift: fixed modes, the k-shot choices, and the oracle (best on the scored images).
+METHODS = ("clean_mode", "robust_mode", "kshot_soup", "adapter_finetune", "full_finetune", "oracle_soup")
+AVERAGE = "average"
+MEAN_CORRUPTION = "mean_corruption"
