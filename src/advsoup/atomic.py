@@ -12,6 +12,13 @@ from typing import Any, Iterator
 
 
 def _umask() -> int:
+    # /proc tells without changing it; os.umask can only read by setting, which races other threads' files.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -24,9 +31,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any other file
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and writers that replace the file (safetensors) keep that: outputs are
+        # shared like any other file, so the mode is set on what was written, just before it is moved in.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -60,10 +60,17 @@ def load_tensors(path: Path, expected_sha256: Optional[str] = None) -> Dict[str,
         raise CheckpointError(f"'{path}' does not match the sha256 recorded beside it: it was altered or only "
                               "partly copied; restore it with `dvc checkout` / `dvc pull` or retrain")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"'{path}' is not a valid safetensors file ({exc}); it may be truncated or "
                               "tampered with: restore it with `dvc checkout` or retrain") from None
+    # A diverged run or an edited file (its hash recomputed) would otherwise be evaluated or resumed as is.
+    for key, val in tensors.items():
+        if val.is_floating_point() and not bool(torch.isfinite(val).all()):
+            raise CheckpointError(f"'{path}' holds non-finite values (NaN or inf) in '{key}': the training "
+                                  f"diverged or the file was altered; restore it with `dvc checkout` or retrain "
+                                  f"the run from the start (advsoup train ... --restart)")
+    return tensors
 
 
 def save_model(run_dir: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> None:
@@ -143,3 +150,28 @@ def load_state(run_dir: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, torch.
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return meta, model, _unflatten_optimizer(tensors, meta.pop("optimizer")), rng
+
+
+def discard_state(run_dir: Path) -> None:
+    """Remove the training state: state.json first, so a kill midway leaves no state naming missing files."""
+    for old in [run_dir / "state.json", *run_dir.glob("state-*.safetensors"), run_dir / "state.safetensors",
+                run_dir / "state.partial.safetensors"]:
+        if old.is_file():
+            old.unlink()
+
+
+def resume_state(run_dir: Path, restart: bool, restart_command: str, discard: bool = True):
+    """What :func:`load_state` returns, or None (train from the start) with ``restart``, which also
+    discards the state when ``discard`` (one rank of a distributed run does).
+
+    A damaged state is reported with ``restart_command``, the command that discards it.
+    """
+    if restart:
+        if discard:
+            discard_state(run_dir)
+        return None
+    try:
+        return load_state(run_dir)
+    except CheckpointError as exc:
+        raise CheckpointError(f"damaged training state in '{run_dir}': {exc}. To discard it and train the run "
+                              f"from the start: {restart_command}") from None

@@ -12,39 +12,69 @@ signal arrived (see runtime.Preemption). Other stages restart from scratch.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Tuple
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.helpers import DelayedSubmission
 
 from .config import LauncherConfig, ResourcesConfig
+from .runlock import process_alive, start_ticks
 
 # Seconds between SLURM's warning signal and its time limit: enough to finish a step and save.
 SIGNAL_DELAY_S = 120
 # Ask SLURM for the state at least this often (submitit alone may wait 10 min to notice a job killed hard).
 STATE_CHECK_S = 60
+# How often a local job looks whether the process that submitted it still runs.
+WATCH_S = 1.0
 
 
 class LaunchError(RuntimeError):
     """A job that failed; the message holds its id, its log path and the log's tail."""
 
 
-class Task:
-    """A picklable call ``fn(job)`` that submitit requeues instead of losing on preemption."""
+def watch_submitter(pid: int, start: str, period_s: float = WATCH_S) -> threading.Thread:
+    """Kill this process once process ``pid`` (started at ``start``) is gone.
 
-    def __init__(self, fn: Callable[[Any], Any], job: Any) -> None:
-        self.fn, self.job = fn, job
+    submitit's local jobs outlive the process that submitted them: after a `kill -9` of `advsoup` they would
+    keep training and saving while a rerun races them. SIGKILL, not SIGTERM: submitit's jobs ignore SIGTERM,
+    and the training state saved last stays whole (checkpoints are atomic), so a rerun resumes from it.
+    """
+    def watch() -> None:
+        while process_alive(pid, start):
+            time.sleep(period_s)
+        print(f"advsoup: the process that submitted this job (pid {pid}) is gone: stopping the job",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="advsoup-submitter-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+class Task:
+    """A picklable call ``fn(job)`` that submitit requeues instead of losing on preemption.
+
+    ``submitter``: (pid, start time) of the process a local job must not outlive (see watch_submitter).
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], job: Any, submitter: Optional[Tuple[int, str]] = None) -> None:
+        self.fn, self.job, self.submitter = fn, job, submitter
 
     def __call__(self) -> Any:
+        if self.submitter is not None:
+            watch_submitter(*self.submitter)
         return self.fn(self.job)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         # The state lives in the job's files (training saves it on the signal), not in this object.
-        return DelayedSubmission(Task(self.fn, self.job))
+        return DelayedSubmission(Task(self.fn, self.job, self.submitter))
 
 
 def tasks_per_node(res: ResourcesConfig, distributed: bool) -> int:
@@ -122,7 +152,9 @@ def _reason(exc: Exception, sub: submitit.Job) -> str:
 def start(fn: Callable[[Any], Any], job: Any, cfg: LauncherConfig, res: ResourcesConfig, name: str,
           folder: Path, distributed: bool = False, echo: Callable[[str], None] = print) -> submitit.Job:
     """Submit ``fn(job)``; ``folder`` (one sub-folder per job id) must be on a file system the nodes share."""
-    sub = executor_for(cfg, res, name, folder, distributed).submit(Task(fn, job))
+    # A local job runs on this machine and must die with this process; a SLURM job belongs to SLURM.
+    submitter = (os.getpid(), start_ticks(os.getpid())) if cfg.executor == "local" else None
+    sub = executor_for(cfg, res, name, folder, distributed).submit(Task(fn, job, submitter))
     echo(f"submitted {name} as {cfg.executor} job {sub.job_id}; log: {sub.paths.stderr}")
     return sub
 

@@ -33,6 +33,7 @@ from .data.prepared import load_split
 from .logs import progress, setup_logging
 from .models import build_model
 from .models.adapters import AdaptedModel
+from .runlock import hold_run
 from .runtime import Runtime, runtime_from_env
 
 
@@ -108,13 +109,22 @@ def _csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def train(job: TrainJob, rt: Optional[Runtime] = None,
-          stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+def train(job: TrainJob, rt: Optional[Runtime] = None, stop_after_steps: Optional[int] = None,
+          restart: bool = False, restart_command: Optional[str] = None) -> Dict[str, Any]:
     """Train one run into job.run_dir; resumes from its training state if one matches.
 
+    Holds the run folder's lock (one trainer per run). ``restart`` discards the training state first;
+    ``restart_command`` is how a user does that, named when the state is damaged.
     ``stop_after_steps`` ends the call early (as a preemption would), for tests.
     """
     rt = rt or runtime_from_env(job.train.threads, preemptible=True)
+    command = restart_command or f"advsoup train --config <experiment file> --run {job.run_id} --restart"
+    with hold_run(job.run_dir, rt):
+        return _train(job, rt, stop_after_steps, restart, command)
+
+
+def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart: bool,
+           restart_command: str) -> Dict[str, Any]:
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     log = setup_logging(run_dir / "train.log" if rt.is_main else None)
@@ -141,7 +151,7 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
 
     key = digest({k: v for k, v in job.sub_config().items() if k not in ("run_dir", "prepared", "history_file")})
     start_step, history, sums = 0, [], {}
-    state = ckpt.load_state(run_dir)
+    state = ckpt.resume_state(run_dir, restart, restart_command, discard=rt.is_main)
     if state is not None:
         progress_meta, model_sd, opt_sd, rng = state
         if progress_meta.get("config") != key:
@@ -186,14 +196,17 @@ def train(job: TrainJob, rt: Optional[Runtime] = None,
             loss.backward()
             rt.sync_gradients(model)
             stats = rt.average(stats)  # the global batch's statistics, whatever the number of ranks
+            if not math.isfinite(stats["loss"]):  # before the step: no weight takes a NaN update
+                raise FloatingPointError(
+                    f"run {job.run_id}: the loss is {stats['loss']} at step {step + 1} (epoch {epoch + 1}): training "
+                    f"diverged; nothing after the last saved state was kept. Lower train.lr or raise "
+                    f"train.warmup_epochs")
             opt.step()
             step += 1
             seen += len(x) * rt.world_size
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["_n"] = sums.get("_n", 0) + 1
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"loss is {stats['loss']} at step {step}: lower train.lr")
             if (i + 1) % t.log_every == 0:
                 log.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch + 1, i + 1, steps_per_epoch,
                          stats["loss"], opt.param_groups[0]["lr"])

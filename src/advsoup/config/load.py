@@ -60,6 +60,9 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Sequence[str
     # Validate after every layer, so a bad value is blamed on the layer that brought it.
     for i, (source, layer) in enumerate(layers):
         cfg = _merge_one(cfg, layer, source)
+        if i == len(layers) - 1 and not cfg.runs:  # the grid comes from the experiment files, whatever came last
+            raise ConfigError(f"{', '.join(str(f) for f in files) or DEFAULTS_FILE}: the experiment defines no "
+                              f"runs; add them under runs: (see params/experiments/demo.yaml)")
         validate(OmegaConf.to_object(cfg), source, final=i == len(layers) - 1)
     if not layers:
         validate(OmegaConf.to_object(cfg), str(DEFAULTS_FILE), final=True)

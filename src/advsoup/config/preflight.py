@@ -1,0 +1,81 @@
+"""Checks the whole config decides but the schema cannot, run before any job starts.
+
+:func:`validate` checks each value on its own, layer by layer. These checks
+need the complete config (which runs attack, how many images there are) or
+the machine (can the output folders be written): without them the mistake
+shows up inside a job, minutes or a queue wait later, as a traceback that
+names no key, or never (co-training on a zero-step attack trains the
+adversarial half on noise).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ..data.sources import TRAIN_IMAGES
+from .schema import Config, ConfigError, _check
+
+ATTACKED = ("adversarial", "cotrain")  # trainings whose batches go through train.attack
+
+
+def _check_attack(cfg: Config, source: str) -> None:
+    attacked = [name for name, run in cfg.runs.items() if run.training in ATTACKED]
+    if not attacked:
+        return
+    a, who = cfg.train.attack, f"runs.{attacked[0]} ({cfg.runs[attacked[0]].training})"
+    _check(a.steps >= 1, source, "train.attack.steps",
+           f"0 steps: {who} would train its adversarial half on random noise; set train.attack.steps >= 1")
+    _check(a.eps > 0, source, "train.attack.eps",
+           f"eps 0: {who} would train on unperturbed images as if they were adversarial; set train.attack.eps > 0")
+    _check(a.steps * a.step_size >= a.eps, source, "train.attack.step_size",
+           f"steps * step_size = {a.steps * a.step_size:g} < eps = {a.eps:g}: the attack {who} trains on cannot "
+           f"reach the edge of the eps-ball; raise train.attack.steps or train.attack.step_size")
+
+
+def _check_sizes(cfg: Config, source: str) -> None:
+    d, t = cfg.data, cfg.train
+    total = TRAIN_IMAGES.get(d.name)  # None: a dataset whose size is known only once read
+    _check(total is None or d.train_size + d.val_size <= total, source, "data.train_size",
+           f"data.train_size={d.train_size} + data.val_size={d.val_size} exceed the {total} training images of "
+           f"{d.name}; lower them")
+    images = d.train_size or total
+    _check(images is None or t.batch_size <= images, source, "train.batch_size",
+           f"{t.batch_size} exceeds the {images} training images "
+           f"({'data.train_size' if d.train_size else d.name}): not one batch per epoch; lower train.batch_size")
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why files cannot be made in ``folder`` (created as needed later), or None. Makes nothing that stays."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"'{probe}' is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=probe):  # an unnamed file on Linux: nothing to clean up if killed
+            pass
+    except OSError as exc:
+        return f"cannot write in '{probe}' ({exc.strerror})"
+    return None
+
+
+def _check_folders(cfg: Config, source: str) -> None:
+    for key, value in (("results_dir", cfg.results_dir), ("launcher.log_dir", cfg.launcher.log_dir),
+                       ("data.prepared_dir", cfg.data.prepared_dir)):
+        if not value:  # empty: the default place under results_dir, checked with it
+            continue
+        why = _unwritable(Path(value))
+        _check(why is None, source, key, f"'{value}': {why}; choose a folder you can write or fix its permissions")
+
+
+def preflight(cfg: Config, source: str) -> None:
+    """Every check the config alone decides; ConfigError naming the key and ``source`` (the experiment file).
+
+    (An unknown data.name is refused earlier, by the schema's validate.)
+    """
+    _check_attack(cfg, source)
+    _check_sizes(cfg, source)
+    _check_folders(cfg, source)
