@@ -23,6 +23,7 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
+ATTACK_METHODS = ("pgd", "apgd-ce")  # evaluation attacks (advsoup.robust); training always runs PGD
 ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.robust.attacks)
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
@@ -47,6 +48,7 @@ class DataConfig:
     download: bool = False
     train_size: int = 0
     test_size: int = 0
+    val_size: int = 1000
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ModelConfig:
 
 @dataclass
 class AttackConfig:
+    method: str = "pgd"
     norm: str = "linf"
     eps: float = 0.1
     steps: int = 2
@@ -123,6 +126,7 @@ class RobustnessConfig:
     steps_multiples: List[int] = field(default_factory=lambda: [1, 5])
     large_eps_max_acc: float = 0.02
     tolerance: float = 0.005
+    autoattack_max_gap: float = 0.015
 
 
 @dataclass
@@ -176,7 +180,7 @@ class LauncherConfig:
 @dataclass
 class ShiftHardConfig:
     family: str = "resnet"
-    seed: int = 1
+    seed: int = 1000
     epochs: int = 0
     max_images: int = 0
 
@@ -223,6 +227,8 @@ def _check(ok: bool, source: str, key: str, what: str) -> None:
 
 
 def _validate_attack(a: AttackConfig, key: str, source: str) -> None:
+    _check(a.method in (ATTACK_METHODS if key == "evaluate.attack" else ("pgd",)), source, f"{key}.method",
+           f"'{a.method}' is not one of {ATTACK_METHODS if key == 'evaluate.attack' else ('pgd',)}")
     _check(a.norm in NORMS, source, f"{key}.norm", f"'{a.norm}' is not one of {NORMS}")
     _check(a.eps >= 0, source, f"{key}.eps", f"{a.eps} < 0; use eps >= 0 (0 disables the attack)")
     _check(a.steps >= 0, source, f"{key}.steps", f"{a.steps} < 0")
@@ -270,7 +276,7 @@ def _validate_launcher(la: LauncherConfig, source: str, final: bool) -> None:
 
 def _validate_robust_evaluation(e: EvaluateConfig, source: str) -> None:
     a = e.attack
-    _check(a.eps == 0 or a.steps * a.step_size >= a.eps, source, "evaluate.attack.step_size",
+    _check(a.method != "pgd" or a.eps == 0 or a.steps * a.step_size >= a.eps, source, "evaluate.attack.step_size",
            f"steps * step_size = {a.steps * a.step_size:g} < eps = {a.eps:g}: PGD cannot reach the edge of "
            f"the eps-ball, a weak attack that overstates robustness; raise steps or step_size")
     aa = e.autoattack
@@ -297,6 +303,22 @@ def _validate_robust_evaluation(e: EvaluateConfig, source: str) -> None:
            "list two or more distinct multiples (>= 1) of evaluate.attack.steps, in increasing order")
     _check(0.0 <= r.large_eps_max_acc <= 1.0, source, "evaluate.robustness.large_eps_max_acc", "must lie in [0, 1]")
     _check(0.0 <= r.tolerance < 1.0, source, "evaluate.robustness.tolerance", "must lie in [0, 1)")
+    _check(0.0 <= r.autoattack_max_gap < 1.0, source, "evaluate.robustness.autoattack_max_gap", "must lie in [0, 1)")
+
+
+def _validate_hard_reference(cfg: Config, source: str) -> None:
+    """The hard subset's reference must be independent of the runs it measures (ImageNet-A's premise).
+
+    A run of the same family and seed starts from the same initial weights and
+    sees the training images in the same order; a nominal one IS the reference
+    (its accuracy on the hard subset is 0 by construction).
+    """
+    h = cfg.shift.hard
+    for name, run in cfg.runs.items():
+        _check(run.family != h.family or h.seed not in run.seeds, source, "shift.hard.seed",
+               f"the hard subset's reference (a nominal {h.family}, seed {h.seed}) shares family and seed with "
+               f"runs.{name} (seeds {list(run.seeds)}): it would not be independent of the grid; choose a "
+               f"shift.hard.seed no {h.family} run uses, or another shift.hard.family")
 
 
 def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
@@ -306,6 +328,12 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     """
     _check(bool(cfg.experiment) and "/" not in cfg.experiment, source, "experiment",
            "must be a non-empty name without '/'")
+    d = cfg.data
+    _check(d.val_size >= 0, source, "data.val_size", f"{d.val_size} < 0 (0 = no validation split)")
+    _check(d.val_size == 0 or d.train_size > 0, source, "data.val_size",
+           f"{d.val_size} validation images are held out of the training split, but data.train_size: 0 trains "
+           f"on all of it; set data.train_size (at most the split's size minus data.val_size, e.g. 59000 of "
+           f"Fashion-MNIST's 60000) or data.val_size: 0 (then every chosen soup is an oracle, chosen on test)")
     _check(cfg.model.img_size > 0, source, "model.img_size", "must be > 0")
     _check(len(cfg.model.mean) == cfg.model.in_chans == len(cfg.model.std), source, "model.mean",
            "model.mean and model.std need one value per input channel (model.in_chans)")
@@ -336,6 +364,7 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     _validate_launcher(cfg.launcher, source, final)
     _check(len(cfg.runs) > 0 or not final, source, "runs",
            "the experiment defines no runs; add them under runs: (see params/experiments/demo.yaml)")
+    _validate_hard_reference(cfg, source)
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
         _check(name.replace("_", "").isalnum(), source, key,

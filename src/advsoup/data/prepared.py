@@ -60,16 +60,34 @@ class Split:
         return len(self.labels)
 
 
-def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """Indices of a class-balanced subset; the same for every run (fixed seed).
-
-    Round-robin over classes in a fixed shuffle, so that the first N of the
-    order hold each class equally (up to one).
-    """
+def balanced_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Every index, round-robin over classes in a fixed shuffle: any prefix holds each class equally (up to one)."""
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
-    return np.sort(np.asarray(order[:size], dtype=np.int64))
+    return np.asarray(order, dtype=np.int64)
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset, the first ``size`` of :func:`balanced_order`; the same for every run."""
+    return np.sort(balanced_order(labels, seed)[:size])
+
+
+def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
+    """The validation split: the last ``val_size`` of the training split's class-balanced order.
+
+    Training takes the first ``train_size`` of that same order
+    (:func:`balanced_subset`), so the two never share an image and holding the
+    validation images out changes nothing in training.
+    """
+    train = load_split(prepared, "train")
+    n = len(train)
+    if val_size < 1 or train_size < 1 or train_size + val_size > n:
+        raise ValueError(f"data.val_size={val_size} validation images cannot be held out of the {n} training images "
+                         f"beside data.train_size={train_size}: need 1 <= val_size and 1 <= train_size <= "
+                         f"{n} - val_size")
+    idx = np.sort(balanced_order(train.labels)[n - val_size:])
+    return Split(train.images[idx], train.labels[idx], train.classes)
 
 
 def load_split(prepared: Path, split: str, size: int = 0) -> Split:

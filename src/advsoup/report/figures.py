@@ -14,6 +14,7 @@ import seaborn as sns  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 from ..config import FAMILIES  # noqa: E402
+from .aggregate import aa_subset_of  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
@@ -38,6 +39,8 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     runs = pd.read_csv(tables_dir / "runs.csv")
     soups_file = tables_dir / "soups.csv"
     soups = pd.read_csv(soups_file) if soups_file.stat().st_size > 1 else pd.DataFrame()
+    if not soups.empty:
+        soups = soups[soups["split"] == "test"]  # the validation sweep only chooses weights
     sns.set_theme(style="whitegrid", context="notebook")
     attack = summary.get("attack") or {}
     # One row per model family: every soupable variant of the family, and its runs without an
@@ -80,18 +83,23 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
 
 def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     """Per variant: clean accuracy in clean mode and robust accuracy in robust mode (mean and std over
-    seeds, grey dots: single seeds), the best soup's accuracies (diamonds, its weight written beside),
-    AutoAttack's robust accuracy where it ran (crosses) and, in the labels, the adapter's number of domain-specific parameters."""
+    seeds, grey dots: single seeds), the soup chosen on the validation split (diamonds, its weight written
+    beside; the oracle soup, chosen on test, when there is no validation sweep), AutoAttack's robust
+    accuracy and PGD's on the same images where AutoAttack ran (crosses, plus), and, in the labels, the
+    adapter's number of domain-specific parameters."""
     runs = pd.read_csv(tables_dir / "runs.csv")
     table = pd.read_csv(tables_dir / "adapters.csv")
     labels = {r["variant"]: f"{r['variant']}  ({int(r['domain_parameters']):,} domain params)"
               for _, r in table.iterrows()}
     order = [labels[v] for v in table["variant"]]  # adapters.csv is sorted by family, training, adapter
     runs["label"] = runs["variant"].map(labels)
+    choice = "val_soup" if table["val_soup_w"].notna().any() else "oracle_soup"
+    soup_label = {"val_soup": "soup chosen on validation", "oracle_soup": "oracle soup (chosen on test)"}[choice]
+    n_aa = aa_subset_of(table.columns)
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.55 * len(order) + 2.2), sharey=True)
-    panels = (("clean_acc_clean_mode", "best_soup_clean_acc_mean", "clean accuracy in clean mode (%)"),
-              ("robust_acc_robust_mode", "best_soup_robust_acc_mean", "robust accuracy in robust mode (%)"))
+    panels = (("clean_acc_clean_mode", f"{choice}_clean_acc_mean", "clean accuracy in clean mode (%)"),
+              ("robust_acc_robust_mode", f"{choice}_robust_acc_mean", "robust accuracy in robust mode (%)"))
     for ax, (col, soup_col, xlabel) in zip(axes, panels):
         data = runs.assign(value=100 * runs[col])
         # Points, not bars: the variants differ by a few points, which bars from 0 would hide.
@@ -99,19 +107,21 @@ def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
                       hue_order=[f for f in FAMILIES if f in set(data["family"])],
                       linestyle="none", markers="o", ax=ax)
         sns.stripplot(data=data, y="label", x="value", order=order, color="0.4", size=3, alpha=0.7, ax=ax)
-        soups = table.dropna(subset=["best_soup_w"])
+        soups = table.dropna(subset=[f"{choice}_w"])
         if not soups.empty:
             ax.scatter(100 * soups[soup_col], [order.index(labels[v]) for v in soups["variant"]], marker="D",
-                       s=50, color="crimson", zorder=5, label="best soup (mean over seeds)")
-        aa = table.dropna(subset=["aa_robust_acc_robust_mode_mean"])
-        if col == "robust_acc_robust_mode" and not aa.empty:
-            ax.scatter(100 * aa["aa_robust_acc_robust_mode_mean"], [order.index(labels[v]) for v in aa["variant"]],
-                       marker="x", s=60, color="black", zorder=6,
-                       label=f"AutoAttack (mean over seeds; {aa['autoattack'].iloc[0]})")
+                       s=50, color="crimson", zorder=5, label=f"{soup_label} (mean over seeds)")
+        if col == "robust_acc_robust_mode" and n_aa:
+            aa = table.dropna(subset=[f"aa_robust_acc_robust_mode_n{n_aa}_mean"])
+            rows = [order.index(labels[v]) for v in aa["variant"]]
+            ax.scatter(100 * aa[f"pgd_robust_acc_robust_mode_n{n_aa}_mean"], rows, marker="P", s=60,
+                       color="0.5", zorder=6, label=f"PGD on AutoAttack's {n_aa} images (mean over seeds)")
+            ax.scatter(100 * aa[f"aa_robust_acc_robust_mode_n{n_aa}_mean"], rows, marker="x", s=60,
+                       color="black", zorder=7, label=f"AutoAttack (mean over seeds; {aa['autoattack'].iloc[0]})")
         ax.set(xlabel=xlabel, ylabel="")
         ax.legend(fontsize=8, loc="best")
-    for _, r in table.dropna(subset=["best_soup_w"]).iterrows():
-        axes[0].annotate(f"w={r['best_soup_w']:.1f}", (100 * r["best_soup_clean_acc_mean"],
+    for _, r in table.dropna(subset=[f"{choice}_w"]).iterrows():
+        axes[0].annotate(f"w={r[f'{choice}_w']:.1f}", (100 * r[f"{choice}_clean_acc_mean"],
                                                       order.index(labels[r["variant"]])),
                          textcoords="offset points", xytext=(6, -10), fontsize=7, color="crimson")
     seeds = sorted(set(table["seeds"]))

@@ -21,8 +21,12 @@ Semantics a robustness number depends on:
 * each step: l-inf ``step_size * sign(grad)``, l2 ``step_size * grad/||grad||``,
   then projection onto the eps-ball and clipping to [0, 1] (clipping moves
   every coordinate towards x, so the point stays in the ball).
-* the result is the last iterate (Madry et al.); with ``restarts`` > 1 the
-  points still classified correctly are attacked again from a new random
+* the result: with ``keep_fooling`` (evaluation), per sample the first
+  iterate that fools the model (random start included), else the last one,
+  so an image PGD broke on the way never counts as robust because a later
+  step oscillated back (AutoAttack's APGD keeps its best point the same way);
+  without it (training), the last iterate (Madry et al.). With ``restarts`` > 1
+  the points still classified correctly are attacked again from a new random
   start, and per sample the first restart that fools the model is kept.
 * all randomness comes from ``generator``: the same generator state gives the
   same adversarial examples.
@@ -93,16 +97,23 @@ def _project(delta: torch.Tensor, x: torch.Tensor, a: AttackConfig) -> torch.Ten
 
 
 def _pgd_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a: AttackConfig, w: Weight,
-              gen: Optional[torch.Generator]) -> torch.Tensor:
+              gen: Optional[torch.Generator], keep_fooling: bool) -> torch.Tensor:
     delta = _random_start(x, a, gen) if a.random_start else torch.zeros_like(x)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    kept = torch.empty_like(x)
     for _ in range(a.steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta, w), y)
+        logits = model(x + delta, w)
+        loss = F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
+            if keep_fooling:  # the logits of this iterate are at hand: no extra forward pass
+                new = (logits.argmax(1) != y) & ~fooled
+                kept[new] = (x + delta)[new]
+                fooled |= new
             step = grad.sign() if a.norm == "linf" else grad / _l2_norm(grad)
             delta = _project(delta + a.step_size * step, x, a)
-    return (x + delta).detach()
+    return torch.where(fooled.view(-1, *([1] * (x.ndim - 1))), kept, x + delta).detach()
 
 
 def _select(w: Weight, keep: torch.Tensor) -> Weight:
@@ -110,12 +121,16 @@ def _select(w: Weight, keep: torch.Tensor) -> Weight:
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, w: Weight = 1.0,
-        generator: Optional[torch.Generator] = None, model_mode: str = "eval") -> torch.Tensor:
-    """Adversarial examples for ``model(., w)``; with restarts, per sample the first that fools it."""
+        generator: Optional[torch.Generator] = None, model_mode: str = "eval",
+        keep_fooling: bool = False) -> torch.Tensor:
+    """Adversarial examples for ``model(., w)``; with restarts, per sample the first that fools it.
+
+    ``keep_fooling``: per sample the first fooling iterate rather than the last one (for evaluation).
+    """
     if attack.eps == 0 or attack.steps == 0 and not attack.random_start:
         return x.detach().clone()
     with attack_mode(model, model_mode):
-        best = _pgd_once(model, x, y, attack, w, generator)
+        best = _pgd_once(model, x, y, attack, w, generator, keep_fooling)
         if attack.restarts > 1:
             with torch.no_grad():
                 fooled = model(best, w).argmax(1) != y
@@ -123,7 +138,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig
                 left = torch.nonzero(~fooled).flatten()
                 if len(left) == 0:
                     break
-                cand = _pgd_once(model, x[left], y[left], attack, _select(w, left), generator)
+                cand = _pgd_once(model, x[left], y[left], attack, _select(w, left), generator, keep_fooling)
                 with torch.no_grad():
                     now = model(cand, _select(w, left)).argmax(1) != y[left]
                 best[left[now]] = cand[now]

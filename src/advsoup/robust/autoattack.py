@@ -62,6 +62,26 @@ def record(aa: Any, cfg: AutoAttackConfig, attack: AttackConfig, subset: int) ->
             "subset": subset}
 
 
+def apgd_ce_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
+                  device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Per image, correct clean and under APGD-CE (AutoAttack's first attack) with ``attack.steps`` iterations
+    and ``attack.restarts`` restarts: the sweep attack ``evaluate.attack.method: apgd-ce``.
+
+    Its step size adapts (from 2 eps, halved when the loss stalls) and it keeps
+    each image's best point, so it needs no step size tuned per model.
+    """
+    from pyautoattack.autopgd_base import APGDAttack
+
+    x, y = x.to(device), y.to(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), eval_mode(model):  # the package seeds the global RNG
+        apgd = APGDAttack(AtWeight(model, w), n_iter=attack.steps, norm=PACKAGE_NORMS[attack.norm], eps=attack.eps,
+                          n_restarts=attack.restarts, seed=seed, loss="ce", device=device)
+        x_adv = apgd.perturb(x, y)
+        with torch.no_grad():
+            return ((model(x, w).argmax(1) == y) & (model(x_adv, w).argmax(1) == y)).cpu()
+
+
 def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
                  cfg: AutoAttackConfig, batch_size: int, device: torch.device,
                  seed: int = 0) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -81,7 +101,9 @@ def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float
             rec = record(aa, cfg, attack, len(y))  # before the run, which changes some settings (FAB-T's restarts)
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
             with torch.no_grad():
-                flags = torch.cat([model(x_adv[i:i + batch_size], w).argmax(1) == y[i:i + batch_size]
+                # correct clean and under attack (the package leaves wrongly classified images as they are)
+                flags = torch.cat([(model(x[i:i + batch_size], w).argmax(1) == y[i:i + batch_size])
+                                   & (model(x_adv[i:i + batch_size], w).argmax(1) == y[i:i + batch_size])
                                    for i in range(0, len(y), batch_size)])
     finally:
         for h in handlers:

@@ -13,7 +13,11 @@ evaluating adversarial robustness") are tested on the first
   ``large_eps_max_acc``;
 * ``steps_non_increasing``: more PGD steps (same step size) do not raise it;
 * ``autoattack_not_above_pgd``: AutoAttack, measured by the evaluate stage in
-  clean and robust mode, is not above PGD on the same images.
+  clean and robust mode, is not above PGD on the same images;
+* ``pgd_near_autoattack``: PGD is not above AutoAttack on the same images by
+  more than ``autoattack_max_gap``. A larger gap means PGD, the attack of the
+  soup sweeps, is too weak for this model (gradient masking, or a step size or
+  loss scale that does not suit it): every robust number it gives is too high.
 
 Each comparison forgives ``tolerance`` (random-start noise). A check is
 ``pass``, ``fail`` or ``skipped`` (with the reason); the run's status is
@@ -106,19 +110,22 @@ def masking_checks(curves: Curves, weights: List[float]) -> Tuple[Dict[str, Any]
     return out, checks
 
 
-def autoattack_checks(evaluation: Dict[str, Any], tol: float) -> List[Dict[str, Any]]:
-    """AutoAttack never above PGD on the same images, per mode, from the evaluate stage's eval.json."""
+def autoattack_checks(evaluation: Dict[str, Any], tol: float, max_gap: float) -> List[Dict[str, Any]]:
+    """AutoAttack never above PGD, and PGD never far above AutoAttack, on the same images, per mode (eval.json)."""
     aa = evaluation.get("autoattack")
     if aa is None:
-        return [_check("autoattack_not_above_pgd", None, "AutoAttack was not run (evaluate.autoattack.enabled: false)")]
+        return [_check(name, None, "AutoAttack was not run (evaluate.autoattack.enabled: false)")
+                for name in ("autoattack_not_above_pgd", "pgd_near_autoattack")]
     checks = []
     # Without an adapter the robust mode is a copy of the clean one: check it once.
     for mode in ("clean_mode",) if evaluation.get("adapter") == "none" else ("clean_mode", "robust_mode"):
         m = aa[mode]
-        checks.append(_check(
-            "autoattack_not_above_pgd", m["robust_acc"] <= m["pgd_robust_acc"] + tol,
-            f"{aa['attack']['name']} {100 * m['robust_acc']:.2f}% vs {aa['pgd_attack']['name']} "
-            f"{100 * m['pgd_robust_acc']:.2f}% on {aa['attack']['subset']} images", w=m["w"]))
+        versus = (f"{aa['attack']['name']} {100 * m['robust_acc']:.2f}% vs {aa['pgd_attack']['name']} "
+                  f"{100 * m['pgd_robust_acc']:.2f}% on {aa['attack']['subset']} images")
+        checks.append(_check("autoattack_not_above_pgd", m["robust_acc"] <= m["pgd_robust_acc"] + tol, versus,
+                             w=m["w"]))
+        checks.append(_check("pgd_near_autoattack", m["pgd_robust_acc"] - m["robust_acc"] <= max_gap,
+                             f"{versus}: PGD may be at most {100 * max_gap:.2f} points above", w=m["w"]))
     return checks
 
 
@@ -146,7 +153,8 @@ def run_robustness(job: RobustnessJob) -> Dict[str, Any]:
     weights = [0.0] if job.run.adapter == "none" else sorted(set(job.evaluate.robustness.weights))
     curves = Curves(model, x[:n], y[:n], job.evaluate, rt.device, log)
     grids, checks = masking_checks(curves, weights)
-    checks += autoattack_checks(evaluation, job.evaluate.robustness.tolerance)
+    r = job.evaluate.robustness
+    checks += autoattack_checks(evaluation, r.tolerance, r.autoattack_max_gap)
     out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "attack": pgd_record(job.evaluate.attack, n),
            "settings": asdict(job.evaluate.robustness), "curves": grids, "checks": checks, **status(checks)}
     for c in checks:

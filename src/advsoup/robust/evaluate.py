@@ -5,6 +5,8 @@ accuracy attacks the model at the very weight it reports (PGD through
 ``model(., w)``), on the first ``evaluate.robust_subset`` test images. The
 final numbers of a run (clean and robust mode) add AutoAttack on the first
 ``evaluate.autoattack.subset`` images, with PGD on those same images beside it.
+The soup sweep runs on the validation split too (``data.val_size`` training
+images the run did not train on), where a soup weight may be chosen.
 Every robust number is stored with the attack that produced it.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .. import checkpoint as ckpt
 from ..atomic import write_json
 from .attacks import pgd
 from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
-from ..data.prepared import load_split
+from ..data.prepared import load_split, load_validation
 from ..logs import progress, setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
@@ -59,7 +61,7 @@ def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
 
 
 def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
-    return {"name": f"PGD-{a.steps}", "norm": a.norm, "eps": a.eps, "steps": a.steps,
+    return {"name": f"{a.method.upper()}-{a.steps}", "norm": a.norm, "eps": a.eps, "steps": a.steps,
             "step_size": a.step_size, "restarts": a.restarts, "random_start": a.random_start,
             "subset": n_robust}
 
@@ -77,15 +79,24 @@ def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: flo
 
 def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
                  device: torch.device, seed: int = 0, desc: str = "PGD") -> torch.Tensor:
-    """Per image, whether ``model(., w)`` still classifies it correctly under ``ev.attack`` (PGD)."""
+    """Per image, whether ``model(., w)`` classifies it correctly both clean and under ``ev.attack``.
+
+    Both, as AutoAttack and RobustBench count: an image the model gets wrong
+    clean is never robust, even if the attack's point happens to be classified
+    correctly. PGD keeps, per image, the first iterate that fools the model;
+    ``evaluate.attack.method: apgd-ce`` runs APGD-CE instead (adaptive step, best point kept).
+    """
     flags = []
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)  # the same random starts for every weight and run
     for i in progress(range(0, len(y), ev.batch_size), desc=desc, total=-(-len(y) // ev.batch_size)):
         xb, yb = x[i:i + ev.batch_size].to(device), y[i:i + ev.batch_size].to(device)
-        x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen)
+        if ev.attack.method == "apgd-ce":
+            flags.append(autoattack.apgd_ce_flags(model, xb, yb, w, ev.attack, device, seed))
+            continue
+        x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen, keep_fooling=True)
         with torch.no_grad():
-            flags.append((model(x_adv, w).argmax(1) == yb).cpu())
+            flags.append(((model(xb, w).argmax(1) == yb) & (model(x_adv, w).argmax(1) == yb)).cpu())
     return torch.cat(flags)
 
 
@@ -156,6 +167,12 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
             out["autoattack"] = autoattack_vs_pgd(model, x, y, weights, job.evaluate, rt.device, log)
     else:
         out = {**base, "soup": accuracies(model, x, y, job.soup_weights, job.evaluate, rt.device, log)}
+        if job.data.val_size:
+            # The same sweep on held-out training images: a soup weight is chosen there, never on test.
+            xv, yv = load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors()
+            log.info("validation split (%d held-out training images):", len(yv))
+            out.update(validation_images=len(yv),
+                       validation=accuracies(model, xv, yv, job.soup_weights, job.evaluate, rt.device, log))
     write_json(job.out_file, out)
     log.info("wrote %s", job.out_file)
     return out
