@@ -5,7 +5,8 @@
 # The config is params/defaults.yaml <- the --configfile experiment file(s)
 # (default: params/experiments/demo.yaml)
 # <- `--config section={key: value}` overrides, validated by src/advsoup/config.py
-# before any job runs. Every compute rule calls `advsoup <stage>`.
+# before any job runs. Every rule is a stage of src/advsoup/stages.py and calls `advsoup <stage>`;
+# everything an experiment makes lives under results/<experiment>/ (and docs/results/<experiment>.md).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,3 +29,4 @@ rule all:
         rules.figures.output,
         rules.shift_figure.output,
         rules.adapters.output,
+        rules.results_page.output,

@@ -29,7 +29,7 @@ def prepared(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_cfg(tmp_path, prepared):
     """The tiny experiment, writing under tmp_path, reading the session's prepared data."""
-    return load_config([TINY], [f"results_dir={tmp_path}/results", f"figures_dir={tmp_path}/figures",
+    return load_config([TINY], [f"results_dir={tmp_path}/results",
                                 f"data.prepared_dir={prepared.parent}", "launcher.executor=inline",
                                 f"launcher.log_dir={tmp_path}/logs"])
 

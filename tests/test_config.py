@@ -1,6 +1,7 @@
 import pytest
 
-from advsoup.config import REPO_ROOT, ConfigError, load_config, run_ids, stage_config
+from advsoup.config import REPO_ROOT, ConfigError, load_config, run_ids
+from advsoup.stages import config_digest, config_slice
 
 DEMO = REPO_ROOT / "params" / "experiments" / "demo.yaml"
 
@@ -50,8 +51,13 @@ def test_stage_config_holds_only_what_the_stage_reads():
     cfg = load_config([DEMO])
     other = load_config([DEMO], ["evaluate.attack.steps=40", "launcher.executor=slurm"])
     # an evaluation or launcher edit does not touch training's params (so it does not retrain)
-    assert stage_config(cfg, "train", "token-s0") == stage_config(other, "train", "token-s0")
-    assert stage_config(cfg, "evaluate", "token-s0") != stage_config(other, "evaluate", "token-s0")
-    assert "train" not in stage_config(cfg, "evaluate", "token-s0")
+    assert config_digest(cfg, "train", "token-s0") == config_digest(other, "train", "token-s0")
+    assert config_digest(cfg, "evaluate", "token-s0") != config_digest(other, "evaluate", "token-s0")
+    # a soup-grid edit reruns the soups, not the evaluation
+    grid = load_config([DEMO], ["evaluate.soup_weights=[0.0,1.0]"])
+    assert config_digest(cfg, "evaluate", "token-s0") == config_digest(grid, "evaluate", "token-s0")
+    assert config_digest(cfg, "soups", "token-s0") != config_digest(grid, "soups", "token-s0")
+    part = config_slice(cfg, "evaluate", "token-s0")
+    assert "train" not in part and part["evaluate"].soup_weights is None  # unread keys are blanked
     with pytest.raises(ConfigError, match="unknown run 'token-s7'"):
-        stage_config(cfg, "train", "token-s7")
+        config_slice(cfg, "train", "token-s7")

@@ -35,8 +35,10 @@ COPIED = ["dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignor
           "workflow", "params", "src"]
 EXP = "tiny"
 # What DVC versions: cached (data, checkpoints) and in git (metrics, tables, figures).
-VERSIONED = ["data/prepared/fashion_mnist", f"data/shifts/{EXP}", f"results/runs/{EXP}", f"results/metrics/{EXP}",
-             "results/tables", "results/summary.json", "figures/soup_curve.png"]
+VERSIONED = ["data/prepared/fashion_mnist", f"data/shifts/{EXP}", f"results/{EXP}/runs", f"results/{EXP}/metrics",
+             f"results/{EXP}/report/tables", f"results/{EXP}/report/summary.json",
+             f"results/{EXP}/report/figures/soup_curve.png"]
+SUMMARY = f"results/{EXP}/report/summary.json"
 
 
 def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -161,7 +163,7 @@ def history(tmp_path_factory, env) -> SimpleNamespace:
     first = sh(["dvc", "repro"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "tiny"], repo, env)
-    weights = {p: p.stat().st_mtime_ns for p in (repo / "results" / "runs" / EXP).glob("*/model.safetensors")}
+    weights = {p: p.stat().st_mtime_ns for p in (repo / "results" / EXP / "runs").glob("*/model.safetensors")}
 
     exp_file = repo / "params" / "experiments" / f"{EXP}.yaml"
     text = exp_file.read_text()
@@ -202,19 +204,19 @@ def test_metrics_and_params_diff_show_the_change(history, env):
         "evaluate.soup_weights": {"old": "[0.0, 0.5, 1.0]", "new": "[0.0, 0.25, 0.5, 1.0]"}}}
 
     out = json.loads(sh(["dvc", "metrics", "diff", "HEAD~1", "--json"], history.repo, env).stdout)
-    diff = out["results/summary.json"]
+    diff = out[SUMMARY]
     # The new soup weight's accuracies appear; the other weights keep theirs (same attack seed).
     for acc in ("clean_acc", "robust_acc"):
         assert diff[f"runs.token-s0.soup.0.25.{acc}"]["old"] is None
-    old = flat(json.loads(git_show(history.repo, "HEAD~1", "results/summary.json", env)))
-    new = flat(json.loads(git_show(history.repo, "HEAD", "results/summary.json", env)))
+    old = flat(json.loads(git_show(history.repo, "HEAD~1", SUMMARY, env)))
+    new = flat(json.loads(git_show(history.repo, "HEAD", SUMMARY, env)))
     changed = {k for k in new if isinstance(new[k], (int, float)) and not isinstance(new[k], bool)
                and old.get(k) != new[k]}
     assert set(diff) == changed, "dvc metrics diff is not the difference of the two committed summaries"
     for k in changed:
         assert diff[k]["old"] == old.get(k) and diff[k]["new"] == new[k], k
     table = sh(["dvc", "metrics", "diff", "HEAD~1"], history.repo, env).stdout
-    assert "results/summary.json" in table and "runs.token-s0.soup.0.25.robust_acc" in table
+    assert SUMMARY in table and "runs.token-s0.soup.0.25.robust_acc" in table
 
 
 def _specs(html: str) -> dict[str, dict]:
@@ -234,7 +236,7 @@ def test_plots_diff_draws_both_commits(history, env, tmp_path):
     for rev in ("HEAD~1", "HEAD"):
         drawn = {(r["run"], float(r["w"]), float(r["robust_acc"]), float(r["clean_acc"]))
                  for r in soup["data"]["values"] if r["rev"] == rev}
-        table = pd.read_csv(io.StringIO(git_show(history.repo, rev, "results/tables/soups.csv", env)))
+        table = pd.read_csv(io.StringIO(git_show(history.repo, rev, f"results/{EXP}/report/tables/soups.csv", env)))
         assert drawn == {(r.run, r.w, r.robust_acc, r.clean_acc) for r in table.itertuples()}, rev
     assert soup["encoding"]["strokeDash"]["field"] == "rev" and soup["encoding"]["color"]["field"] == "run"
     for title in ("Training loss", "Training accuracy on clean images"):
@@ -244,7 +246,7 @@ def test_plots_diff_draws_both_commits(history, env, tmp_path):
     assert {r["run"] for r in specs["Training accuracy on adversarial images"]["data"]["values"]
             if r["train_adv_acc"] != ""} == {"token-s0"}
     images = {p.name for p in (tmp_path / "plots" / "static").iterdir()}
-    assert {"HEAD_figures_soup_curve.png", "HEAD~1_figures_soup_curve.png"} <= images, images
+    assert {f"HEAD_results_{EXP}_report_figures_soup_curve.png", f"HEAD~1_results_{EXP}_report_figures_soup_curve.png"} <= images, images
 
 
 @pytest.mark.slow
@@ -255,12 +257,12 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
 
     # Without pulling, after an edit of the figure code: figures and tables again, from the
     # metric files in git alone, byte-identical to the committed ones.
-    with open(clone / "src" / "advsoup" / "figures.py", "a") as fh:
+    with open(clone / "src" / "advsoup" / "report" / "figures.py", "a") as fh:
         fh.write("# an edit\n")
     out = sh(["dvc", "repro", "--allow-missing", "figures"], clone, env).stdout
     assert "Running stage 'figures'" in out
     assert not any(f"Running stage '{s}'" in out for s in ("prepare", "shift_suite", "experiment")), out
-    assert not (clone / "data").exists() and not (clone / "results" / "runs").exists()
+    assert not (clone / "data").exists() and not (clone / "results" / EXP / "runs").exists()
     changed = sh(["git", "status", "--porcelain"], clone, env).stdout.split("\n")
     assert sorted(line[3:] for line in changed if line) == ["dvc.lock", "src/advsoup/report/figures.py"], changed
 
@@ -272,7 +274,7 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
     # Even with every restored data set and checkpoint newer than what was computed from it ...
     future = time.time() + 3600
     for path in [clone / "data" / "prepared" / "fashion_mnist", clone / "data" / "shifts" / EXP,
-                 *(clone / "results" / "runs" / EXP).rglob("*")]:
+                 *(clone / "results" / EXP / "runs").rglob("*")]:
         os.utime(path, (future, future))
     assert "Nothing to be done" in sh(experiment_cmd(clone) + ["-n"], clone, env).stdout
     # ... which Snakemake would retrain on without the rules' ancient() inputs.

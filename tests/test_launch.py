@@ -86,22 +86,24 @@ def test_the_slurm_job_script_asks_for_the_configured_resources(tmp_path):
     cfg = load_config([EXPERIMENTS_DIR / "tiny.yaml"], [
         "launcher.executor=slurm", "launcher.partition=gpu", "launcher.account=proj", "launcher.qos=high",
         "launcher.constraint=a100", "launcher.setup=[module load cuda/12.4]", "launcher.sbatch={exclude: node07}",
-        "launcher.train={gpus: 4, cpus: 8, mem_gb: 64, time_min: 1440, nodes: 2}", "launcher.evaluate.gpus=1"])
+        "launcher.resources.train={gpus: 4, cpus: 8, mem_gb: 64, time_min: 1440, nodes: 2}",
+        "launcher.resources.evaluate.gpus=1"])
     # Rendered without a cluster: this test must pass where SLURM was never installed.
-    train_script = launch.slurm_script(cfg.launcher, cfg.launcher.train, "tiny-train-token-s0", tmp_path,
+    train_script = launch.slurm_script(cfg.launcher, cfg.launcher.resources["train"], "tiny-train-token-s0", tmp_path,
                                        distributed=True)
     for flag in ("job-name=tiny-train-token-s0", "partition=gpu", "account=proj", "qos=high", "constraint=a100",
                  "nodes=2", "ntasks-per-node=4", "gpus-per-node=4", "cpus-per-task=8", "mem=65536M", "time=1440",
                  "signal=USR2@120", "exclude=node07"):
         assert f"#SBATCH --{flag}\n" in train_script, flag
     assert "\nmodule load cuda/12.4\n" in train_script
-    eval_script = launch.slurm_script(cfg.launcher, cfg.launcher.evaluate, "tiny-evaluate-token-s0", tmp_path)
+    eval_script = launch.slurm_script(cfg.launcher, cfg.launcher.resources["evaluate"], "tiny-evaluate-token-s0", tmp_path)
     assert "#SBATCH --ntasks-per-node=1\n" in eval_script and "#SBATCH --gpus-per-node=1\n" in eval_script
 
 
-@pytest.mark.parametrize("override, key", [("launcher.train.nodes=2", "launcher.train.nodes"),
-                                           ("launcher.evaluate.tasks=2", "launcher.evaluate.nodes"),
-                                           ("launcher.train.time_min=0", "launcher.train.time_min")])
+@pytest.mark.parametrize("override, key", [("launcher.resources.train.nodes=2", "launcher.resources.train.nodes"),
+                                           ("launcher.resources.evaluate.tasks=2", "launcher.resources.evaluate.nodes"),
+                                           ("launcher.resources.shift.time_min=0", "launcher.resources.shift.time_min"),
+                                           ("launcher.resources.aggregate.cpus=1", "launcher.resources.aggregate")])
 def test_resources_the_launcher_cannot_honour_fail_before_any_job(override, key):
     with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
         load_config([EXPERIMENTS_DIR / "tiny.yaml"], [override])  # local executor: one node

@@ -20,7 +20,7 @@ from jobhelpers import history, quiet, train_job, wait_for_line
 
 from advsoup import launch
 from advsoup.checkpoint import load_tensors
-from advsoup.cli import JOB_STAGES
+from advsoup import stages
 from advsoup.config import (EXPERIMENTS_DIR, REPO_ROOT, LauncherConfig, Paths, ResourcesConfig, dotlist,
                             load_config, run_ids, soup_run_ids)
 from advsoup.train import train
@@ -83,8 +83,8 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path, prep
     shutil.copytree(prepared, tmp_path / "data" / "prepared" / "fashion_mnist")
     tiny = EXPERIMENTS_DIR / "tiny.yaml"
     # A --config replaces the profile's config entry, so it names the executor again.
-    overrides = "launcher={executor: slurm, train: {tasks: 2}}"
-    cfg = load_config([tiny], dotlist({"launcher": {"executor": "slurm", "train": {"tasks": 2}}}))
+    overrides = "launcher={executor: slurm, resources: {train: {tasks: 2}}}"
+    cfg = load_config([tiny], dotlist({"launcher": {"executor": "slurm", "resources": {"train": {"tasks": 2}}}}))
     paths = Paths(cfg)
     targets = [str(paths.summary), str(paths.figures / "soup_curve.png")]
     cmd = [str(BIN / "snakemake"), *targets, "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path),
@@ -97,25 +97,24 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path, prep
     summary = json.loads((tmp_path / paths.summary).read_text())
     assert summary["experiment"] == "tiny" and set(summary["runs"]) == set(run_ids(cfg))
     assert (tmp_path / paths.figures / "soup_curve.png").stat().st_size > 20_000
-    # Every job: named after its rule, its files under results/logs/, accounted COMPLETED with the
-    # CPUs and memory asked for (training: 2 tasks of launcher.train.cpus each).
-    ids = {d.parent.name: d.name for d in (tmp_path / paths.logs / "tiny" / "jobs").glob("*/[0-9]*")}
+    # Every job: named after its stage, its files under the experiment's logs/, accounted COMPLETED with
+    # the CPUs and memory asked for (training: 2 tasks of launcher.resources.train.cpus each).
+    ids = {d.parent.name: d.name for d in (tmp_path / paths.logs / "jobs").glob("*/[0-9]*")}
     expected = {f"{stage}-{r}" for stage in ("train", "evaluate") for r in run_ids(cfg)} | \
         {f"soups-{r}" for r in soup_run_ids(cfg)}
     assert expected <= set(ids), sorted(ids)
     records = accounting(list(ids.values()))
     for name, jid in ids.items():
         stage = next(name[:-len(r) - 1] for r in run_ids(cfg) if name.endswith(f"-{r}"))
-        key, distributed = JOB_STAGES[stage]
-        res = getattr(cfg.launcher, key)
+        distributed, res = stages.get(stage).distributed, stages.resources(cfg, stage)
         (record,) = records[jid]
         assert record == dict(name=f"tiny-{name}", state="COMPLETED", cpus=str(res.cpus * (2 if distributed else 1)),
                               mem=f"{res.mem_gb:g}G", exit="0:0"), (name, record)
-        rule_log = (tmp_path / paths.logs / "tiny" / f"{name}.log").read_text()
+        rule_log = (tmp_path / paths.logs / f"{name}.log").read_text()
         assert f"submitted tiny-{name} as slurm job {jid}" in rule_log and f"job {jid} done" in rule_log
     train_log = (tmp_path / paths.run_dir("token-s0") / "train.log").read_text()
     assert "64 domain-specific parameters" in train_log
-    assert (tmp_path / paths.logs / "tiny" / "jobs" / "train-token-s0" / ids["train-token-s0"] /
+    assert (tmp_path / paths.logs / "jobs" / "train-token-s0" / ids["train-token-s0"] /
             f"{ids['train-token-s0']}_1_log.err").read_text().count("INFO epoch 1 step 8/8") == 1  # rank 1 trained
 
 

@@ -6,12 +6,14 @@ localrules:
 
 
 rule adapters:
+    input:
+        currency=currency("adapters"),
     output:
         table=PATHS.parameters_table,
         summary=PATHS.parameters_summary,
     params:
         cfg=sub_config("adapters"),
     log:
-        LOGS / "adapters.log",
+        log("adapters"),
     shell:
         advsoup("adapters")

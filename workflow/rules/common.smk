@@ -1,19 +1,26 @@
-# Config loading and the helpers the rules use; rules themselves stay declarative.
+# Config loading and the helpers every rules file uses; the rules themselves stay declarative.
+# Each rule is a stage of the registry (src/advsoup/stages.py): the same name for the rule, the
+# `advsoup <stage>` command, the job and the log; its params are the digest of the stage's config
+# slice, its threads and memory the stage's launcher.resources.<stage>.
 #
-# The inputs of the compute rules are ancient(): `git clone`, `dvc pull` and `dvc checkout`
-# restore data and checkpoints with new file times, and that must not make Snakemake
-# retrain. Such a job reruns when its part of the config (params), its rule or its set of
-# inputs changes, or an upstream job reruns. Snakemake 9 checks "updated input files"
-# (newer, checksum unknown or different) whatever --rerun-triggers says, so the profiles'
-# rerun-triggers alone do not do it (tests/test_dvc.py shows both).
+# Currency is decided from recorded provenance (src/advsoup/provenance.py), never from file times:
+# - every compute rule takes currency(<stage>) as an input: a stamp that is newer than the job's
+#   outputs exactly when their record says they are stale (another config slice, another upstream
+#   config, another checkpoint). It holds in a fresh clone, after `dvc pull` and `git checkout`.
+# - data and checkpoints, which DVC and git restore with new file times, are ancient() inputs;
+# - the upstream records a job reads (checkpoint.json, eval.json) are aged() inputs: their time is
+#   set to the epoch, so a restored record triggers nothing, while a job that reruns in this
+#   invocation still reruns every job that reads its record.
 import json
 import os
 import shlex
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from advsoup import provenance, stages
 from advsoup.cli import OVERRIDES_ENV
-from advsoup.config import ConfigError, Paths, digest, dotlist, load_config, run_ids, soup_run_ids, stage_config
+from advsoup.config import ConfigError, Paths, dotlist, load_config, run_ids, soup_run_ids
 
 # The experiment file(s) given with --configfile; the demo by default.
 EXPERIMENT_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params/experiments/demo.yaml"]
@@ -28,7 +35,7 @@ except ConfigError as exc:
 PATHS = Paths(CFG)
 RUNS = run_ids(CFG)
 SOUP_RUNS = soup_run_ids(CFG)
-LOGS = PATHS.logs / CFG.experiment
+LOGS = PATHS.logs
 ADVSOUP = " ".join(["advsoup {stage}"] + [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES])
 # The jobs get the overrides through the environment, not their command line: a
 # rule reruns when the part of the config it reads changes (its params), not
@@ -46,5 +53,32 @@ def advsoup(stage, run=False):
 
 
 def sub_config(stage):
-    """The rule's params: just the part of the config its stage reads (see config.stage_config)."""
-    return lambda wc: digest(stage_config(CFG, stage, getattr(wc, "run", None)))
+    """The rule's params: the digest of the config slice its stage reads (advsoup.stages)."""
+    return lambda wc: stages.config_digest(CFG, stage, getattr(wc, "run", None))
+
+
+def threads(stage):
+    return stages.resources(CFG, stage).cpus
+
+
+def mem_mb(stage):
+    return int(stages.resources(CFG, stage).mem_gb * 1024)
+
+
+def currency(stage):
+    """The job's currency stamp (see above)."""
+    return lambda wc: provenance.stamp(CFG, stage, getattr(wc, "run", None))
+
+
+def aged(pattern):
+    """An upstream record (see above), for the job's wildcards."""
+    return lambda wc: provenance.aged(Path(str(pattern).format(**dict(wc.items()))))
+
+
+def log(stage, run=False):
+    return LOGS / (f"{stage}-{{run}}.log" if run else f"{stage}.log")
+
+
+def benchmark(stage, run=False):
+    """Wall time, memory and CPU time of the job (one TSV per job; `make demo` prints them)."""
+    return LOGS / "benchmarks" / (f"{stage}-{{run}}.tsv" if run else f"{stage}.tsv")

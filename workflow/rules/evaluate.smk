@@ -1,14 +1,23 @@
+# Evaluation: clean and robust accuracy (PGD, AutoAttack) of one run in clean and robust mode.
+
+
 rule evaluate:
     input:
         data=ancient(rules.prepare.output.prepared),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
+        checkpoint=aged(rules.train.output.record),
+        currency=currency("evaluate"),
     output:
         metrics=PATHS.eval_file("{run}"),
     params:
         cfg=sub_config("evaluate"),
-    threads: CFG.launcher.evaluate.cpus
+    threads: threads("evaluate")
+    resources:
+        mem_mb=mem_mb("evaluate"),
     log:
-        LOGS / "evaluate-{run}.log",
+        log("evaluate", run=True),
+    benchmark:
+        benchmark("evaluate", run=True)
     shell:
         advsoup("evaluate", run=True)

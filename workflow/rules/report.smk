@@ -1,6 +1,11 @@
+# Reporting: the experiment's summary, tables and figures under results/<experiment>/report/,
+# from the metric files alone (no checkpoint, no torch). Aggregation refuses a metric whose
+# recorded checkpoint is not the run's current one.
 localrules:
     aggregate,
     figures,
+    metrics,
+    results_page,
 
 
 rule aggregate:
@@ -9,6 +14,8 @@ rule aggregate:
         soups=expand(rules.soups.output.metrics, run=SOUP_RUNS),
         robustness=expand(rules.robustness.output.metrics, run=RUNS),
         histories=expand(rules.train.output.history, run=RUNS),
+        records=expand(rules.train.output.record, run=RUNS),
+        currency=currency("aggregate"),
     output:
         summary=PATHS.summary,
         runs=PATHS.tables / "runs.csv",
@@ -18,7 +25,7 @@ rule aggregate:
     params:
         cfg=sub_config("aggregate"),
     log:
-        LOGS / "aggregate.log",
+        log("aggregate"),
     shell:
         advsoup("aggregate")
 
@@ -35,7 +42,7 @@ rule figures:
     params:
         cfg=sub_config("figures"),
     log:
-        LOGS / "figures.log",
+        log("figures"),
     shell:
         advsoup("figures")
 
@@ -43,6 +50,24 @@ rule figures:
 rule metrics:
     # Every run trained and evaluated, nothing aggregated: the target of DVC's `experiment` stage.
     input:
-        rules.aggregate.input,
-        expand(rules.train.output.history, run=RUNS),
+        rules.aggregate.input.evals,
+        rules.aggregate.input.soups,
+        rules.aggregate.input.robustness,
+        rules.aggregate.input.records,
         expand(rules.shift.output.metrics, run=RUNS),
+
+
+rule results_page:
+    # docs/results/<experiment>.md: the report's tables and figures, with date, commit and checkpoints.
+    input:
+        rules.figures.output,
+        rules.shift_figure.output,
+        rules.aggregate.output.adapters,
+    output:
+        page=PATHS.results_page,
+    params:
+        cfg=sub_config("results_page"),
+    log:
+        log("results_page"),
+    shell:
+        advsoup("results_page")

@@ -1,16 +1,24 @@
 # Gradient-masking checks per run: eps grid, more PGD steps, AutoAttack (from eval.json) vs PGD.
+
+
 rule robustness:
     input:
         data=ancient(rules.prepare.output.prepared),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
-        evaluation=rules.evaluate.output.metrics,
+        checkpoint=aged(rules.train.output.record),
+        evaluation=aged(rules.evaluate.output.metrics),
+        currency=currency("robustness"),
     output:
         metrics=PATHS.robustness_file("{run}"),
     params:
         cfg=sub_config("robustness"),
-    threads: CFG.launcher.evaluate.cpus
+    threads: threads("robustness")
+    resources:
+        mem_mb=mem_mb("robustness"),
     log:
-        LOGS / "robustness-{run}.log",
+        log("robustness", run=True),
+    benchmark:
+        benchmark("robustness", run=True)
     shell:
         advsoup("robustness", run=True)

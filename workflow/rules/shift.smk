@@ -1,38 +1,49 @@
-# Distribution shifts: the suite (data stage), the hard subset's reference model and
-# subset, every run on every shift, and the shift table and figure. Compute inputs are
-# ancient() as everywhere (see common.smk): restored files must not trigger reruns.
+# Distribution shifts: the suite (a data stage), the hard subset's reference model and subset,
+# every run on every shift, and the shift table and figure (inputs as documented in common.smk).
+localrules:
+    shift_table,
+    shift_figure,
 
 
 rule shift_suite:
     input:
         data=ancient(rules.prepare.output.prepared),
+        currency=currency("shift_suite"),
     output:
         suite=directory(str(PATHS.shift_suite)),
     params:
-        cfg=sub_config("shift-suite"),
-    threads: CFG.launcher.evaluate.cpus
+        cfg=sub_config("shift_suite"),
+    threads: threads("shift_suite")
+    resources:
+        mem_mb=mem_mb("shift_suite"),
     log:
-        LOGS / "shift-suite.log",
+        log("shift_suite"),
+    benchmark:
+        benchmark("shift_suite")
     shell:
-        advsoup("shift-suite")
+        advsoup("shift_suite")
 
 
 rule shift_reference:
     # A run of its own, outside the grid: the hard subset must not be chosen by a model under test.
     input:
         data=ancient(rules.prepare.output.prepared),
+        currency=currency("shift_reference"),
     output:
         weights=PATHS.shift_reference / "model.safetensors",
         meta=PATHS.shift_reference / "model.json",
+        record=PATHS.shift_reference / "checkpoint.json",
     params:
-        cfg=sub_config("shift-reference"),
-    threads: CFG.launcher.train.cpus
+        cfg=sub_config("shift_reference"),
+    threads: threads("shift_reference")
     resources:
-        mem_mb=int(CFG.launcher.train.mem_gb * 1024),
+        mem_mb=mem_mb("shift_reference"),
     log:
-        LOGS / "shift-reference.log",
+        log("shift_reference"),
+    benchmark:
+        benchmark("shift_reference")
     shell:
-        advsoup("shift-reference")
+        advsoup("shift_reference")
 
 
 rule shift_hard:
@@ -40,15 +51,21 @@ rule shift_hard:
         data=ancient(rules.prepare.output.prepared),
         weights=ancient(rules.shift_reference.output.weights),
         meta=ancient(rules.shift_reference.output.meta),
+        checkpoint=aged(rules.shift_reference.output.record),
+        currency=currency("shift_hard"),
     output:
         hard=directory(str(PATHS.shift_hard)),
     params:
-        cfg=sub_config("shift-hard"),
-    threads: CFG.launcher.evaluate.cpus
+        cfg=sub_config("shift_hard"),
+    threads: threads("shift_hard")
+    resources:
+        mem_mb=mem_mb("shift_hard"),
     log:
-        LOGS / "shift-hard.log",
+        log("shift_hard"),
+    benchmark:
+        benchmark("shift_hard")
     shell:
-        advsoup("shift-hard")
+        advsoup("shift_hard")
 
 
 rule shift:
@@ -57,36 +74,39 @@ rule shift:
         hard=ancient(rules.shift_hard.output.hard),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
+        checkpoint=aged(rules.train.output.record),
+        currency=currency("shift"),
     output:
         metrics=PATHS.shift_file("{run}"),
     params:
         cfg=sub_config("shift"),
-    threads: CFG.launcher.evaluate.cpus
+    threads: threads("shift")
+    resources:
+        mem_mb=mem_mb("shift"),
     log:
-        LOGS / "shift-{run}.log",
+        log("shift", run=True),
+    benchmark:
+        benchmark("shift", run=True)
     shell:
         advsoup("shift", run=True)
-
-
-localrules:
-    shift_table,
-    shift_figure,
 
 
 rule shift_table:
     input:
         expand(rules.shift.output.metrics, run=RUNS),
+        records=expand(rules.train.output.record, run=RUNS),
+        currency=currency("shift_table"),
     output:
         table=PATHS.tables / "shift.csv",
         adaptation=PATHS.tables / "shift_adaptation.csv",
         draws=PATHS.tables / "shift_draws.csv",
         summary=PATHS.shift_summary,
     params:
-        cfg=sub_config("shift-table"),
+        cfg=sub_config("shift_table"),
     log:
-        LOGS / "shift-table.log",
+        log("shift_table"),
     shell:
-        advsoup("shift-table")
+        advsoup("shift_table")
 
 
 rule shift_figure:
@@ -95,8 +115,8 @@ rule shift_figure:
     output:
         figure=PATHS.figures / "shift.png",
     params:
-        cfg=sub_config("shift-figure"),
+        cfg=sub_config("shift_figure"),
     log:
-        LOGS / "shift-figure.log",
+        log("shift_figure"),
     shell:
-        advsoup("shift-figure")
+        advsoup("shift_figure")

@@ -1,14 +1,23 @@
+# Soups: clean and robust accuracy of one co-trained run at every soup weight.
+
+
 rule soups:
     input:
         data=ancient(rules.prepare.output.prepared),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
+        checkpoint=aged(rules.train.output.record),
+        currency=currency("soups"),
     output:
         metrics=PATHS.soup_file("{run}"),
     params:
         cfg=sub_config("soups"),
-    threads: CFG.launcher.evaluate.cpus
+    threads: threads("soups")
+    resources:
+        mem_mb=mem_mb("soups"),
     log:
-        LOGS / "soups-{run}.log",
+        log("soups", run=True),
+    benchmark:
+        benchmark("soups", run=True)
     shell:
         advsoup("soups", run=True)

@@ -3,7 +3,7 @@
 One source of truth for Snakemake, DVC, the CLI, tests and benchmarks:
 ``params/defaults.yaml`` <- experiment file(s) <- command-line dotlist, merged
 once with OmegaConf against the dataclasses below. Every stage receives only
-the typed sub-config it needs (:func:`stage_config`).
+the typed sub-config it needs (advsoup.stages).
 """
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
 EXECUTORS = ("local", "slurm", "inline")
-STAGES = ("prepare", "train", "evaluate", "soups", "aggregate", "figures", "adapters", "robustness")
-SHIFT_STAGES = ("shift-suite", "shift-reference", "shift-hard", "shift", "shift-table", "shift-figure")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")  # advsoup.data.registry
+AMP = ("none", "bf16")
+RESNET_BLOCKS = ("basic", "bottleneck")
 # The ImageNet-C corruptions (15 benchmark + 4 held-out), as imagecorruptions names them.
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
+# ImageNet-C's 15 benchmark corruptions (mCE averages these); the last 4 above are its held-out extra set.
+BENCHMARK_CORRUPTIONS = CORRUPTIONS[:15]
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,24 @@ class DataConfig:
     train_size: int = 0
     test_size: int = 0
     val_size: int = 1000
+    checksum: bool = True  # cifar*: the published archive MD5 and split sizes
+    hash_files: bool = False  # imagenet: sha256 of every image in the file list (slow: opt-in)
+    workers: int = 0  # DataLoader worker processes (file datasets, or augmentation)
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    augment: "AugmentConfig" = field(default_factory=lambda: AugmentConfig())
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = False
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.5
+    auto_augment: str = ""
+    color_jitter: float = 0.0
+    interpolation: str = "random"
+    eval_crop_pct: float = 0.875
 
 
 @dataclass
@@ -59,6 +80,9 @@ class VitConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    name: str = ""  # a timm model name (e.g. vit_base_patch16_224); "" = the preset sized by the keys above
+    pretrained: bool = False
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model with a name
 
 
 @dataclass
@@ -67,6 +91,10 @@ class ResnetConfig:
     stem_width: int = 16
     base_width: int = 64
     channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    block: str = "basic"
+    name: str = ""
+    pretrained: bool = False
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +136,22 @@ class TrainConfig:
     checkpoint_every: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
     attack_model_mode: str = "eval"
+    amp: str = "none"
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.9998
+    compile: bool = False
+    channels_last: bool = False
+    mixup: "MixupConfig" = field(default_factory=lambda: MixupConfig())
+
+
+@dataclass
+class MixupConfig:
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
 
 
 @dataclass
@@ -165,7 +209,7 @@ class ResourcesConfig:
 @dataclass
 class LauncherConfig:
     executor: str = "local"
-    log_dir: str = "results/logs"
+    log_dir: str = ""
     partition: str = ""
     account: str = ""
     qos: str = ""
@@ -173,8 +217,8 @@ class LauncherConfig:
     setup: List[str] = field(default_factory=list)
     sbatch: Dict[str, Any] = field(default_factory=dict)
     poll_seconds: float = 1.0
-    train: ResourcesConfig = field(default_factory=ResourcesConfig)
-    evaluate: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # One entry per job stage (advsoup.stages.JOB_STAGES), all listed in params/defaults.yaml.
+    resources: Dict[str, ResourcesConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +237,31 @@ class ShiftFinetuneConfig:
 
 
 @dataclass
+class RealSetConfig:
+    """One published shifted ImageNet set (advsoup.shift.layout)."""
+    enabled: bool = True
+    root: str = ""
+    subset: int = 0
+
+
+@dataclass
+class RealImagenetCConfig(RealSetConfig):
+    subset: int = 5000
+    corruptions: List[str] = field(default_factory=lambda: list(BENCHMARK_CORRUPTIONS))
+    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+
+@dataclass
+class RealShiftConfig:
+    batch_size: int = 256
+    workers: int = 8
+    imagenet_c: RealImagenetCConfig = field(default_factory=RealImagenetCConfig)
+    imagenet_a: RealSetConfig = field(default_factory=RealSetConfig)
+    imagenet_r: RealSetConfig = field(default_factory=RealSetConfig)
+    imagenet_sketch: RealSetConfig = field(default_factory=RealSetConfig)
+
+
+@dataclass
 class ShiftConfig:
     dir: str = "data/shifts"
     seed: int = 0
@@ -205,13 +274,13 @@ class ShiftConfig:
     draws: int = 5
     finetune: ShiftFinetuneConfig = field(default_factory=ShiftFinetuneConfig)
     imagenet_root: str = ""
+    real: RealShiftConfig = field(default_factory=RealShiftConfig)
 
 
 @dataclass
 class Config:
     experiment: str = "demo"
     results_dir: str = "results"
-    figures_dir: str = "figures"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -255,23 +324,79 @@ def _validate_shift(s: ShiftConfig, source: str) -> None:
     f = s.finetune
     _check(f.steps >= 0, source, "shift.finetune.steps", f"{f.steps} < 0")
     _check(f.adapter_lr > 0 and f.full_lr > 0, source, "shift.finetune.adapter_lr", "learning rates must be > 0")
+    _validate_real_shifts(s, source)
+
+
+def _validate_real_shifts(s: ShiftConfig, source: str) -> None:
+    r = s.real
+    _check(r.batch_size >= 1, source, "shift.real.batch_size", f"{r.batch_size} < 1")
+    _check(r.workers >= 0, source, "shift.real.workers", f"{r.workers} < 0 (0 = load in the main process)")
+    for name in ("imagenet_c", "imagenet_a", "imagenet_r", "imagenet_sketch"):
+        sub: RealSetConfig = getattr(r, name)
+        key = f"shift.real.{name}.subset"
+        _check(sub.subset >= 0, source, key, f"{sub.subset} < 0 (0 = the whole set)")
+        _check(sub.subset == 0 or s.k < sub.subset, source, key,
+               f"{sub.subset} images leave no evaluation example after shift.k={s.k} labelled ones")
+    c = r.imagenet_c
+    for i, name in enumerate(c.corruptions):
+        _check(name in CORRUPTIONS, source, f"shift.real.imagenet_c.corruptions[{i}]",
+               f"unknown corruption '{name}'; choose from {CORRUPTIONS}")
+    _check(len(set(c.corruptions)) == len(c.corruptions) and len(c.corruptions) > 0, source,
+           "shift.real.imagenet_c.corruptions", "list one or more corruptions, each once")
+    _check(len(set(c.severities)) == len(c.severities) and len(c.severities) > 0
+           and all(1 <= v <= 5 for v in c.severities), source, "shift.real.imagenet_c.severities",
+           f"{list(c.severities)}: list one or more distinct ImageNet-C severities (1 to 5)")
 
 
 def _validate_launcher(la: LauncherConfig, source: str, final: bool) -> None:
     _check(la.executor in EXECUTORS, source, "launcher.executor", f"'{la.executor}' is not one of {EXECUTORS}")
     _check(la.poll_seconds > 0, source, "launcher.poll_seconds", f"{la.poll_seconds} <= 0")
-    for stage in ("train", "evaluate"):
-        r: ResourcesConfig = getattr(la, stage)
-        key = f"launcher.{stage}"
+    from ..stages import STAGES  # the registry names the job stages (it imports this module)
+
+    for stage, r in la.resources.items():
+        key = f"launcher.resources.{stage}"
+        _check(stage in STAGES and STAGES[stage].job, source, key,
+               f"'{stage}' is not a stage that runs as a job; those are "
+               f"{', '.join(s for s in STAGES if STAGES[s].job)}")
         _check(r.cpus >= 1, source, f"{key}.cpus", f"{r.cpus} < 1")
         _check(r.gpus >= 0 and r.tasks >= 0, source, f"{key}.gpus", "gpus and tasks must be >= 0")
         _check(r.nodes >= 1, source, f"{key}.nodes", f"{r.nodes} < 1")
         _check(r.nodes == 1 or la.executor != "local" or not final, source, f"{key}.nodes",
                f"{r.nodes} nodes need the slurm executor (the local executor runs on this machine)")
-        _check(stage == "train" or (r.nodes == 1 and r.tasks <= 1), source, f"{key}.nodes",
-               "evaluation runs as one task on one node: set nodes: 1 and tasks: 0")
+        _check(STAGES[stage].distributed or (r.nodes == 1 and r.tasks <= 1), source, f"{key}.nodes",
+               f"stage {stage} runs as one task on one node: set nodes: 1 and tasks: 0")
         _check(r.mem_gb > 0, source, f"{key}.mem_gb", f"{r.mem_gb} <= 0")
         _check(r.time_min >= 1, source, f"{key}.time_min", f"{r.time_min} < 1 minute")
+    missing = [s for s in STAGES if STAGES[s].job and s not in la.resources]
+    _check(not missing or not final, source, "launcher.resources",
+           f"no resources for {', '.join(missing)}: every job stage has an entry in params/defaults.yaml")
+
+
+def _validate_scale(cfg: Config, source: str) -> None:
+    """The keys of datasets, input pipeline, timm models and training at scale."""
+    d, t = cfg.data, cfg.train
+    _check(d.name in DATASETS, source, "data.name", f"unknown dataset '{d.name}'; choose one of {DATASETS}")
+    _check(d.workers >= 0, source, "data.workers", f"{d.workers} < 0 (0 = load in the training process)")
+    a = d.augment
+    _check(len(a.scale) == 2 and 0 < a.scale[0] <= a.scale[1] <= 1, source, "data.augment.scale",
+           "two values 0 < min <= max <= 1 (area fraction of RandomResizedCrop)")
+    _check(len(a.ratio) == 2 and 0 < a.ratio[0] <= a.ratio[1], source, "data.augment.ratio",
+           "two values 0 < min <= max (aspect ratio of RandomResizedCrop)")
+    _check(0 <= a.hflip <= 1, source, "data.augment.hflip", "a probability in [0, 1]")
+    _check(0 < a.eval_crop_pct <= 1, source, "data.augment.eval_crop_pct", "must lie in (0, 1]")
+    _check(cfg.model.resnet.block in RESNET_BLOCKS, source, "model.resnet.block",
+           f"'{cfg.model.resnet.block}' is not one of {RESNET_BLOCKS}")
+    _check(t.amp in AMP, source, "train.amp", f"'{t.amp}' is not one of {AMP}")
+    _check(t.accum_steps >= 1, source, "train.accum_steps", f"{t.accum_steps} < 1")
+    _check(t.clip_grad >= 0, source, "train.clip_grad", f"{t.clip_grad} < 0 (0 = no clipping)")
+    _check(0 < t.ema_decay < 1, source, "train.ema_decay", f"{t.ema_decay} outside (0, 1)")
+    m = t.mixup
+    _check(m.mixup_alpha >= 0 and m.cutmix_alpha >= 0, source, "train.mixup.mixup_alpha",
+           "mixup_alpha and cutmix_alpha must be >= 0 (0 = off)")
+    _check(0 <= m.prob <= 1 and 0 <= m.switch_prob <= 1, source, "train.mixup.prob",
+           "prob and switch_prob are probabilities in [0, 1]")
+    _check(not (m.mixup_alpha or m.cutmix_alpha) or t.batch_size % 2 == 0, source, "train.batch_size",
+           "MixUp/CutMix pair samples: use an even batch size")
 
 
 def _validate_robust_evaluation(e: EvaluateConfig, source: str) -> None:
@@ -337,8 +462,9 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     _check(cfg.model.img_size > 0, source, "model.img_size", "must be > 0")
     _check(len(cfg.model.mean) == cfg.model.in_chans == len(cfg.model.std), source, "model.mean",
            "model.mean and model.std need one value per input channel (model.in_chans)")
-    _check(cfg.model.img_size % cfg.model.vit.patch_size == 0, source, "model.vit.patch_size",
-           f"{cfg.model.vit.patch_size} does not divide model.img_size={cfg.model.img_size}")
+    _check(bool(cfg.model.vit.name) or cfg.model.img_size % cfg.model.vit.patch_size == 0, source,
+           "model.vit.patch_size", f"{cfg.model.vit.patch_size} does not divide model.img_size={cfg.model.img_size}")
+    _validate_scale(cfg, source)
     _check(cfg.model.vit.embed_dim % cfg.model.vit.num_heads == 0, source, "model.vit.num_heads",
            "must divide model.vit.embed_dim")
     t = cfg.train

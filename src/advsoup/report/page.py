@@ -1,0 +1,105 @@
+"""The results page of an experiment (docs/results/<experiment>.md), generated from its report folder.
+
+Nothing on the page is typed by hand: the tables are the report's CSV files,
+the figures are linked from the report, and the header says when and at
+which commit the page was made and which checkpoints the numbers come from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+import pandas as pd
+
+from ..atomic import write_text
+from ..config import Paths, grid_run_ids
+from .aggregate import attack_label
+
+
+def _commit() -> str:
+    """The commit the page was made at, with '+ uncommitted changes' when the tree differs from it."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{sha} + uncommitted changes" if dirty else sha
+
+
+def _fmt(col: str, value) -> str:
+    if pd.isna(value):
+        return ""
+    if isinstance(value, float) and "acc" in col:
+        return f"{100 * value:.1f}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A CSV table as Markdown; accuracies in %, empty cells for missing values."""
+    cols = [c for c in df.columns if not df[c].isna().all()]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(c, row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _link(page: Path, target: Path) -> str:
+    return os.path.relpath(target, page.parent)
+
+
+def _checkpoints(paths: Paths) -> List[str]:
+    out = []
+    for run in grid_run_ids(paths.cfg.runs):
+        rec = paths.checkpoint_record(run)
+        sha = json.loads(rec.read_text())["weights_sha256"][:12] if rec.is_file() else "(no record)"
+        out.append(f"{run} {sha}")
+    return out
+
+
+def write_page(paths: Paths, page: Path) -> Path:
+    if not paths.summary.is_file():
+        raise FileNotFoundError(f"{paths.summary} is missing: run `advsoup aggregate` (or `snakemake`) for "
+                                f"experiment '{paths.cfg.experiment}' first")
+    summary: Dict = json.loads(paths.summary.read_text())
+    a = summary["attack"]
+    seeds = sorted({s for r in paths.cfg.runs.values() for s in r.seeds})
+    parts = [f"# Results: experiment `{paths.cfg.experiment}`", "",
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()} by "
+             f"`advsoup results_page --config params/experiments/{paths.cfg.experiment}.yaml`, from "
+             f"`{paths.report}/`. Seeds: {', '.join(map(str, seeds))}. Robust accuracy in the tables: "
+             f"{attack_label(a)} unless a column names another attack.", "",
+             "Every number below was computed from these checkpoints (run, sha256 prefix; "
+             "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", ""]
+    adapters = paths.tables / "adapters.csv"
+    if adapters.is_file():
+        parts += ["## Adapters: one row per variant (mean and std over seeds, accuracies in %)", "",
+                  markdown_table(pd.read_csv(adapters)), ""]
+    checks = summary.get("masking_checks")
+    if checks:
+        parts += [f"Gradient-masking checks: **{checks['status']}** ({checks['n_passed']} of {checks['n_checks']} "
+                  f"passed)." + ("".join(f"\n- FAILED {f}" for f in checks["failed"])), ""]
+    for name, title in (("soup_curve.png", "Soup curves"), ("adapters.png", "Adapter table as a figure"),
+                        ("shift.png", "Distribution shifts")):
+        fig = paths.figures / name
+        if fig.is_file():
+            parts += [f"## {title}", "", f"![{title}]({_link(page, fig)})", ""]
+    if paths.shift_summary.is_file():
+        shift = json.loads(paths.shift_summary.read_text())
+        rows = [{"variant": v, "k": s["k"], "clean_mode_acc": s["average"]["clean_mode"]["mean"],
+                 "kshot_soup_acc": s["average"]["kshot_soup"]["mean"],
+                 "oracle_soup_acc": s["average"]["oracle_soup"]["mean"],
+                 "kshot_gain_points": round(100 * s["kshot_gain_over_clean"]["mean"], 2),
+                 "kshot_gain_std_points": round(100 * s["kshot_gain_over_clean"]["std"], 2)}
+                for v, s in shift["variants"].items()]
+        parts += ["## Shifts: average over the shift sets (accuracies in %)", "",
+                  markdown_table(pd.DataFrame(rows)), ""]
+    write_text(page, "\n".join(parts))
+    return page

@@ -1,0 +1,82 @@
+"""`advsoup where`: where an experiment's outputs are, and its headline numbers (reads files only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import Paths
+from .aggregate import attack_label
+
+
+def read_summary(path: Path) -> dict:
+    """summary.json or shift_summary.json; {} when not written yet."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def where(paths: Paths) -> None:
+    exp = paths.cfg.experiment
+    summary = read_summary(paths.summary)
+    print(f"\nExperiment '{exp}': everything under {paths.root}/")
+    print(f"  report   {paths.report}/  summary.json, shift_summary.json, adapter_parameters.json")
+    print(f"  tables   {paths.tables}/  runs.csv, soups.csv, adapters.csv, training.csv, shift*.csv, "
+          "adapter_parameters.csv")
+    print(f"  figures  {paths.figures}/  soup_curve.png, adapters.png, shift.png")
+    print(f"  metrics  {paths.root / 'metrics'}/<run>/  eval.json, soups.json, robustness.json, shift.json, "
+          "train_log.csv, checkpoint.json (in git)")
+    print(f"  runs     {paths.root / 'runs'}/<run>/  weights, training state, resolved config, log (DVC cache)")
+    if summary:
+        a = summary["attack"]
+        print(f"\nrobust = {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} test images")
+        for run_id, r in summary["runs"].items():
+            line = (f"  {run_id:<24} clean mode {100 * r['clean_mode']['clean_acc']:5.1f}% clean "
+                    f"/ robust mode {100 * r['robust_mode']['robust_acc']:5.1f}% robust")
+            if "best_soup" in r:
+                b = r["best_soup"]
+                line += (f" | best soup w={b['w']:.1f}: {100 * b['clean_acc']:.1f}% / "
+                         f"{100 * b['robust_acc']:.1f}%")
+            print(line)
+        _print_variants(summary)
+        _print_robustness(summary)
+    shifts = read_summary(paths.shift_summary)
+    if shifts:
+        print(f"\nshifts   {paths.tables}/shift.csv, shift_adaptation.csv; figure {paths.figures / 'shift.png'}")
+        for variant, s in shifts["variants"].items():
+            g, avg = s["kshot_gain_over_clean"], s["average"]
+            print(f"  {variant:<24} average over shifts: clean mode {100 * avg['clean_mode']['mean']:.1f}%, "
+                  f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "
+                  f"({100 * g['mean']:+.2f} +- {100 * g['std']:.2f}), oracle soup "
+                  f"{100 * avg['oracle_soup']['mean']:.1f}%")
+
+
+def _print_variants(summary: dict) -> None:
+    """With several seeds, each variant's mean +- std (results/tables/adapters.csv has the soups too)."""
+    variants = summary.get("variants", {})
+    if not any(v["seeds"] > 1 for v in variants.values()):
+        return
+    print("\nper variant, mean +- std over seeds (robust: the PGD above; AA: AutoAttack, robust mode):")
+    pct = lambda s: f"{100 * s['mean']:5.1f} +- {100 * s['std']:3.1f}%"  # noqa: E731
+    for name, v in variants.items():
+        line = (f"  {name:<26} {v['seeds']} seeds, {v['domain_parameters']:>5} domain params: clean mode "
+                f"{pct(v['clean_acc_clean_mode'])} clean / robust mode {pct(v['robust_acc_robust_mode'])} robust")
+        if "aa_robust_acc_robust_mode" in v:
+            line += f", AA {pct(v['aa_robust_acc_robust_mode'])}"
+        print(line)
+
+
+def _print_robustness(summary: dict) -> None:
+    """AutoAttack numbers and the gradient-masking verdict; a failed or skipped check is named."""
+    for run_id, r in summary["runs"].items():
+        aa = r.get("autoattack")
+        if aa:
+            clean, robust = aa["clean_mode"], aa["robust_mode"]
+            print(f"  {run_id:<24} {attack_label(aa['attack'])}: clean mode "
+                  f"{100 * clean['robust_acc']:.1f}%, robust mode {100 * robust['robust_acc']:.1f}% "
+                  f"(PGD on the same images {100 * robust['pgd_robust_acc']:.1f}%)")
+    checks = summary.get("masking_checks")
+    if checks:
+        print(f"\ngradient-masking checks: {checks['status'].upper()} ({checks['n_passed']} of {checks['n_checks']} "
+              f"passed; details in each run's metrics/<run>/robustness.json)")
+        for line in checks["failed"]:
+            print(f"  FAILED   {line}")
+        for line in checks["skipped"]:
+            print(f"  skipped  {line}")

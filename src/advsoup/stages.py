@@ -1,0 +1,361 @@
+"""The one registry of stages: what the CLI, the Snakemake rules and the launcher know about each step.
+
+Per stage: its single name (the CLI subcommand, the Snakemake rule, the job's
+and the log's name), whether it takes a run, whether it runs as a submitit job
+(with the resources ``launcher.resources.<name>``) and with one task per GPU,
+the stages whose outputs it reads, the slice of the config it reads, and the
+function it runs.
+
+The slice is the only config a stage's function sees: fields a stage does not
+read are blanked (None), so a function that reads one fails loudly instead of
+silently depending on a key its rule does not rerun for. The slice's digest is
+the rule's params and the ``config_digest`` recorded in the stage's outputs
+(see :mod:`advsoup.provenance`).
+
+Torch-free: importing this module (the Snakefile, the submitting process on a
+login node) loads no compute code; each function imports its module when it runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .config import (Config, ConfigError, Paths, ResourcesConfig, grid_run_ids, grid_soup_run_ids,
+                     shift_reference_run, split_run_id)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    reads: Callable[[Config, Optional[str]], Dict[str, Any]]  # the config slice, by name
+    run: Callable[[SimpleNamespace, Paths, Optional[str]], None]
+    per_run: bool = False      # takes --run <run>-s<seed>
+    job: bool = False          # runs as a submitit job (local process or SLURM), else in the calling process
+    distributed: bool = False  # one task per GPU (launcher.resources.<name>.gpus or .tasks)
+    upstream: Tuple[str, ...] = ()  # stages whose outputs it reads: their digests are part of its provenance
+
+    @property
+    def rule(self) -> str:
+        return self.name
+
+
+def blank(dc: Any, *unread: str) -> Any:
+    """A copy of a config dataclass whose ``unread`` fields are None (reading one fails loudly)."""
+    return replace(dc, **{k: None for k in unread})
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _run_slice(cfg: Config, run_id: Optional[str]) -> Dict[str, Any]:
+    if run_id is None:
+        raise ConfigError("this stage needs a run id (--run <run>-s<seed>; see `advsoup runs`)")
+    _, run, seed = split_run_id(cfg, run_id)
+    return {"run": blank(run, "seeds"), "seed": seed}
+
+
+# ---- what each stage reads ------------------------------------------------------------------
+
+def _reads_prepare(cfg, run_id):
+    return {"data": cfg.data}
+
+
+def _reads_train(cfg, run_id):
+    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model, "train": cfg.train}
+
+
+def _reads_evaluate(cfg, run_id):
+    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+            "evaluate": blank(cfg.evaluate, "soup_weights", "robustness")}
+
+
+def _reads_soups(cfg, run_id):
+    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+            "evaluate": blank(cfg.evaluate, "autoattack", "robustness")}
+
+
+def _reads_robustness(cfg, run_id):
+    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+            "evaluate": blank(cfg.evaluate, "soup_weights", "autoattack", "robust_subset")}
+
+
+def _reads_report(cfg, run_id):
+    return {"runs": cfg.runs, "evaluate": cfg.evaluate, "train_attack": cfg.train.attack}
+
+
+def _reads_adapters(cfg, run_id):
+    return {"model": cfg.model}
+
+
+def _reads_shift_suite(cfg, run_id):
+    return {"data": cfg.data,
+            "shift": blank(cfg.shift, "hard", "k", "draws", "finetune", "imagenet_root")}
+
+
+def _reads_shift_reference(cfg, run_id):
+    run, train = shift_reference_run(cfg)
+    return {"run": blank(run, "seeds"), "seed": cfg.shift.hard.seed, "data": cfg.data, "model": cfg.model,
+            "train": train}
+
+
+def _reads_shift_hard(cfg, run_id):
+    return {"data": cfg.data, "model": cfg.model, "hard": cfg.shift.hard, "seed": cfg.shift.seed,
+            "batch_size": cfg.evaluate.batch_size}
+
+
+def _reads_shift(cfg, run_id):
+    return {**_run_slice(cfg, run_id), "model": cfg.model,
+            "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard", "imagenet_root"),
+            "evaluate": blank(cfg.evaluate, "robust_subset", "attack", "autoattack", "robustness")}
+
+
+def _reads_shift_report(cfg, run_id):
+    return {"runs": cfg.runs, "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard",
+                                             "imagenet_root", "finetune")}
+
+
+# ---- what each stage runs (thin: build the job from the slice and the paths, call the module) ----
+
+def _prepare(s, paths, run_id):
+    from .data.prepared import prepare
+
+    manifest = prepare(s.data, paths.prepared)
+    print(f"prepared {s.data.name} in {paths.prepared}: "
+          f"{sum(manifest['train_class_counts'])} train / {sum(manifest['test_class_counts'])} test images")
+
+
+def _train(s, paths, run_id):
+    from .train import TrainJob, train
+
+    train(TrainJob(run_id, s.run, s.seed, s.data, s.model, s.train, paths.prepared, paths.run_dir(run_id),
+                   paths.history_file(run_id)))
+
+
+def _evaluate(s, paths, run_id):
+    from .robust.evaluate import EvalJob, run_evaluation
+
+    run_evaluation(EvalJob(run_id, s.run, s.seed, s.data, s.model, s.evaluate, paths.prepared,
+                           paths.run_dir(run_id), paths.eval_file(run_id), None))
+
+
+def _soups(s, paths, run_id):
+    from .robust.evaluate import EvalJob, run_evaluation
+
+    run_evaluation(EvalJob(run_id, s.run, s.seed, s.data, s.model, s.evaluate, paths.prepared,
+                           paths.run_dir(run_id), paths.soup_file(run_id), list(s.evaluate.soup_weights)))
+
+
+def _robustness(s, paths, run_id):
+    from .robust.checks import RobustnessJob, run_robustness
+
+    run_robustness(RobustnessJob(run_id, s.run, s.seed, s.data, s.model, s.evaluate, paths.prepared,
+                                 paths.run_dir(run_id), paths.eval_file(run_id), paths.robustness_file(run_id)))
+
+
+def _aggregate(s, paths, run_id):
+    from .report.aggregate import aggregate, training_table
+
+    from .provenance import check_current
+
+    runs = grid_run_ids(s.runs)
+    for r in runs:  # never a number of another checkpoint than the run's current one
+        check_current(paths.eval_file(r), paths.cfg, "evaluate", r)
+        check_current(paths.robustness_file(r), paths.cfg, "robustness", r)
+    for r in grid_soup_run_ids(s.runs):
+        check_current(paths.soup_file(r), paths.cfg, "soups", r)
+    aggregate(paths.cfg.experiment, [paths.eval_file(r) for r in runs],
+              [paths.soup_file(r) for r in grid_soup_run_ids(s.runs)], paths.summary, paths.tables,
+              robustness_files=[paths.robustness_file(r) for r in runs])
+    training_table({r: paths.history_file(r) for r in runs}, paths.tables / "training.csv")
+    print(f"wrote {paths.summary} and {paths.tables}/")
+
+
+def _figures(s, paths, run_id):
+    from .report.figures import adapter_figure, soup_curve
+
+    print(f"wrote {soup_curve(paths.summary, paths.tables, paths.figures / 'soup_curve.png')}")
+    print(f"wrote {adapter_figure(paths.summary, paths.tables, paths.figures / 'adapters.png')}")
+
+
+def _adapters(s, paths, run_id):
+    from .models.accounting import write_accounting
+
+    check = write_accounting(s.model, paths.parameters_table, paths.parameters_summary)
+    print(f"wrote {paths.parameters_table} and {paths.parameters_summary}")
+    print(f"ViT-B16: class token {check['vit_b16_token']} vs dual LayerNorm {check['vit_b16_dual_layernorm']} "
+          f"domain-specific parameters: {check['ratio']:g}x as many, {check['difference_in_tokens']:g} tokens more "
+          f"(the paper: {check['paper_token_vs_dual_norm']}x fewer)")
+
+
+def _shift_suite(s, paths, run_id):
+    from .shift.suite import SuiteJob, run_suite
+
+    run_suite(SuiteJob(paths.prepared, paths.shift_suite, s.shift))
+
+
+def _shift_reference(s, paths, run_id):
+    from .train import TrainJob, train
+
+    train(TrainJob("shift_reference", s.run, s.seed, s.data, s.model, s.train, paths.prepared,
+                   paths.shift_reference, paths.shift_reference / "train_log.csv"))
+
+
+def _shift_hard(s, paths, run_id):
+    from .shift.evaluate import HardJob, build_hard_subset
+
+    build_hard_subset(HardJob(paths.prepared, paths.shift_reference, s.model, s.hard, s.seed, s.batch_size,
+                              paths.shift_hard))
+
+
+def _shift(s, paths, run_id):
+    from .shift.evaluate import ShiftJob, run_shift
+
+    run_shift(ShiftJob(run_id, s.run, s.seed, s.model, s.evaluate, s.shift, paths.shift_suite, paths.shift_hard,
+                       paths.run_dir(run_id), paths.shift_file(run_id)))
+
+
+def _shift_table(s, paths, run_id):
+    from .report.shift_tables import shift_tables
+
+    from .provenance import check_current
+
+    for r in grid_run_ids(s.runs):
+        check_current(paths.shift_file(r), paths.cfg, "shift", r)
+    summary = shift_tables([paths.shift_file(r) for r in grid_run_ids(s.runs)], paths.tables, paths.shift_summary,
+                           paths.cfg.experiment)
+    print(f"wrote {paths.tables}/shift.csv, shift_adaptation.csv, shift_draws.csv and {paths.shift_summary}")
+    for variant, v in summary["variants"].items():
+        g = v["kshot_gain_over_clean"]
+        print(f"  {variant}: k-shot soup (k={v['k']}) - clean mode, averaged over {', '.join(v['shifts'])}: "
+              f"{100 * g['mean']:+.2f} +- {100 * g['std']:.2f} points (spread over {v['draws']} draws x "
+              f"{v['seeds']} seed(s))")
+
+
+def _shift_figure(s, paths, run_id):
+    from .report.shift_tables import shift_figure
+
+    print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
+
+
+def _results_page(s, paths, run_id):
+    from .report.page import write_page
+
+    print(f"wrote {write_page(paths, paths.results_page)}")
+
+
+STAGES: Dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare", "read the raw dataset, write the prepared arrays and their manifest", _reads_prepare, _prepare),
+    Stage("train", "train one run (nominal, adversarial or co-trained with an adapter)", _reads_train, _train,
+          per_run=True, job=True, distributed=True, upstream=("prepare",)),
+    Stage("evaluate", "clean and robust accuracy (PGD, AutoAttack) of one run in clean and robust mode",
+          _reads_evaluate, _evaluate, per_run=True, job=True, upstream=("prepare", "train")),
+    Stage("soups", "clean and robust accuracy of one run at every soup weight", _reads_soups, _soups,
+          per_run=True, job=True, upstream=("prepare", "train")),
+    Stage("robustness", "gradient-masking checks of one run (eps grid, more PGD steps, AutoAttack vs PGD)",
+          _reads_robustness, _robustness, per_run=True, job=True, upstream=("prepare", "train", "evaluate")),
+    Stage("aggregate", "collect the metric files into the experiment's summary and tables", _reads_report,
+          _aggregate, upstream=("evaluate", "soups", "robustness")),
+    Stage("figures", "draw the soup curve and the adapter figure from the tables", _reads_report, _figures,
+          upstream=("aggregate",)),
+    Stage("adapters", "count the domain-specific parameters of every adapter (study networks, ViT-B16, ResNet-50)",
+          _reads_adapters, _adapters),
+    Stage("shift_suite", "write the shift suite (corruptions, sketch) of the test set", _reads_shift_suite,
+          _shift_suite, job=True, upstream=("prepare",)),
+    Stage("shift_reference", "train the reference model whose mistakes make the hard subset",
+          _reads_shift_reference, _shift_reference, job=True, upstream=("prepare",)),
+    Stage("shift_hard", "write the hard subset: test images the reference model gets wrong", _reads_shift_hard,
+          _shift_hard, job=True, upstream=("prepare", "shift_reference")),
+    Stage("shift", "accuracy of one run at every soup weight on every shift, and k-shot adaptation",
+          _reads_shift, _shift, per_run=True, job=True, upstream=("shift_suite", "shift_hard", "train")),
+    Stage("shift_table", "collect the shift metric files into the experiment's shift tables and summary",
+          _reads_shift_report, _shift_table, upstream=("shift",)),
+    Stage("shift_figure", "draw the shift figure from the shift tables", _reads_shift_report, _shift_figure,
+          upstream=("shift_table",)),
+    Stage("results_page", "write the experiment's results page (docs/results/<experiment>.md) from its report",
+          _reads_report, _results_page, upstream=("aggregate", "shift_table")),
+)}
+JOB_STAGES = tuple(name for name, s in STAGES.items() if s.job)
+
+
+def get(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def config_slice(cfg: Config, name: str, run_id: Optional[str] = None) -> Dict[str, Any]:
+    stage = get(name)
+    if stage.per_run and run_id is None:
+        raise ConfigError(f"stage '{name}' needs a run id (--run <run>-s<seed>; see `advsoup runs`)")
+    return stage.reads(cfg, run_id if stage.per_run else None)
+
+
+def config_digest(cfg: Config, name: str, run_id: Optional[str] = None) -> str:
+    """sha256 of the stage's config slice: the rule's params and the digest its outputs record."""
+    text = json.dumps(_plain(config_slice(cfg, name, run_id)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resources(cfg: Config, name: str) -> ResourcesConfig:
+    """The resources a job stage asks for (launcher.resources.<name> in params/defaults.yaml)."""
+    if not get(name).job:
+        raise ConfigError(f"stage '{name}' runs in the calling process: it has no job resources")
+    return cfg.launcher.resources[name]
+
+
+def job_name(cfg: Config, name: str, run_id: Optional[str] = None) -> str:
+    """The job's name on the cluster and in logs: <experiment>-<stage>[-<run>]."""
+    return "-".join([cfg.experiment, name] + ([run_id] if run_id else []))
+
+
+def run(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
+    """The stage in this process, on its slice of the config; its record then says what it was computed from."""
+    from . import provenance as prov
+
+    stage, paths = get(name), Paths(cfg)
+    src = prov.CHECKPOINT_OF.get(name)
+    if src is not None:  # never measure a model trained under another config than the run's current one
+        reason = prov.stale_reason(cfg, src, run_id)
+        if reason:
+            raise ValueError(f"{name} {run_id or ''}: refusing the checkpoint: {reason}; retrain it first "
+                             f"(`advsoup {src} ...`, or `snakemake`, which reruns it)")
+    loaded = prov.loaded_checkpoints(cfg, name, run_id)
+    stage.run(SimpleNamespace(**config_slice(cfg, name, run_id)), paths, run_id)
+    rec = prov.record_file(paths, name, run_id)
+    if rec is None:
+        return
+    provenance = prov.record(cfg, name, run_id, loaded)
+    if name in ("train", "shift_reference"):  # the shareable record of the run's current weights
+        meta = json.loads((prov.weights_dir(paths, name, run_id) / "model.json").read_text())
+        from .atomic import write_json
+
+        write_json(rec, {"weights_sha256": meta["weights_sha256"], prov.KEY: provenance})
+    else:
+        prov.add_to(rec, provenance)
+
+
+def run_request(request: tuple) -> None:
+    """Inside a submitit job (again after a requeue): ``run`` with the config resolved by the submitter."""
+    run(*request)
+
+
+def submit(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
+    """Run the stage as a job of ``launcher.executor`` with its own resources, and wait for it."""
+    from .launch import submit as launch
+
+    stage, paths = get(name), Paths(cfg)
+    inline = replace(cfg, launcher=replace(cfg.launcher, executor="inline"))
+    jname = job_name(cfg, name, run_id)
+    launch(run_request, (inline, name, run_id), cfg.launcher, resources(cfg, name), jname,
+           paths.logs / "jobs" / jname.removeprefix(f"{cfg.experiment}-"), stage.distributed)

@@ -1,0 +1,95 @@
+"""The stage registry is the one list of stages: the CLI, the Snakemake rules and the launcher follow it."""
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from advsoup import cli, stages
+from advsoup.config import DEFAULTS_FILE, EXPERIMENTS_DIR, REPO_ROOT, Config, ConfigError, load_config
+from advsoup.launch import slurm_script
+
+BIN = Path(sys.executable).parent
+TINY = EXPERIMENTS_DIR / "tiny.yaml"
+
+
+def test_every_stage_has_its_cli_command_rule_and_launcher_entry_from_the_registry_alone():
+    cfg = load_config([TINY], ["launcher.executor=slurm"])
+    run = "token-s0"
+    # the CLI: one subcommand per stage, --run exactly for the per-run stages
+    parser = cli._parser()
+    for name, st in stages.STAGES.items():
+        args = parser.parse_args([name, "--config", str(TINY)] + (["--run", run] if st.per_run else []))
+        assert args.stage == name and (getattr(args, "run", None) == run) == st.per_run
+    # Snakemake: one rule per stage, of the same name (plus the targets all and metrics)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    listed = subprocess.run([str(BIN / "snakemake"), "--list-rules", "-s", str(REPO_ROOT / "Snakefile"),
+                             "--configfile", str(TINY)], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                            timeout=300, check=True).stdout.split()
+    assert set(listed) == set(stages.STAGES) | {"all", "metrics"}, listed
+    # the launcher: every job stage's name and resources, rendered into its SLURM script
+    for name in stages.JOB_STAGES:
+        res = stages.resources(cfg, name)
+        jname = stages.job_name(cfg, name, run if stages.get(name).per_run else None)
+        assert jname.startswith(f"tiny-{name}")
+        script = slurm_script(cfg.launcher, res, jname, Path("/tmp/x"), stages.get(name).distributed)
+        assert f"#SBATCH --job-name={jname}\n" in script and f"#SBATCH --cpus-per-task={res.cpus}\n" in script
+    with pytest.raises(ConfigError, match="no job resources"):
+        stages.resources(cfg, "aggregate")
+
+
+def test_a_stage_sees_only_its_slice_and_its_digest_follows_it():
+    cfg = load_config([TINY])
+    for name, st in stages.STAGES.items():
+        run = "token-s0" if st.per_run else None
+        assert stages.config_digest(cfg, name, run) == stages.config_digest(load_config([TINY]), name, run)
+    part = stages.config_slice(cfg, "shift", "token-s0")
+    assert part["shift"].corruptions is None and part["shift"].k == cfg.shift.k  # unread: blanked
+    edited = load_config([TINY], ["shift.k=5"])
+    changed = {n for n, st in stages.STAGES.items()
+               if stages.config_digest(cfg, n, "token-s0" if st.per_run else None)
+               != stages.config_digest(edited, n, "token-s0" if st.per_run else None)}
+    assert changed == {"shift", "shift_table", "shift_figure"}, changed
+    with pytest.raises(ConfigError, match="needs a run id"):
+        stages.config_slice(cfg, "train")
+
+
+def test_every_job_stage_has_resources_in_the_defaults_and_no_other_key_is_accepted():
+    defaults = OmegaConf.load(DEFAULTS_FILE)
+    assert set(defaults.launcher.resources) == set(stages.JOB_STAGES)
+    with pytest.raises(ConfigError, match=r"launcher\.resources\.aggregate"):
+        load_config([TINY], ["launcher.resources.aggregate.cpus=1"])
+
+
+def _keys(node, prefix=""):
+    if isinstance(node, dict):
+        return {k for key, v in node.items() for k in _keys(v, f"{prefix}{key}.")} | ({prefix[:-1]} if prefix else set())
+    return {prefix[:-1]}
+
+
+def test_defaults_yaml_lists_every_key_of_the_schema_with_the_schema_default():
+    """One place for defaults: the dataclasses and params/defaults.yaml agree key by key and value by value."""
+    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    yaml = OmegaConf.to_container(OmegaConf.load(DEFAULTS_FILE))
+    schema.pop("runs"), yaml.pop("runs")
+    schema["launcher"].pop("resources"), yaml["launcher"].pop("resources")  # by stage: the test above
+    assert _keys(schema) == _keys(yaml)
+
+    def differ(a, b, path=""):
+        if isinstance(a, dict):
+            return [d for k in a for d in differ(a[k], b[k], f"{path}.{k}")]
+        return [] if a == b or (isinstance(a, float) and b == pytest.approx(a)) else [f"{path[1:]}: {a} != {b}"]
+
+    assert differ(schema, yaml) == []
+
+
+def test_reporting_imports_no_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import advsoup.report.aggregate, advsoup.report.figures, advsoup.report.shift_tables\n"
+            "import advsoup.report.where, advsoup.report.page, advsoup.stages, advsoup.provenance, advsoup.cli\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
