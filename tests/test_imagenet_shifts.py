@@ -1,65 +1,53 @@
-"""Loaders of the real-scale shifted ImageNet sets, on tiny fake trees in their published layouts."""
+"""Loading one setting of a published shifted ImageNet set: ImageNet-1k targets, the subset, the transform."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from advsoup.shift.imagenet import (RealShiftMissing, imagenet_synsets, load_real_shift, predict_labels,
-                                          real_shift_sets)
+from torchvision.transforms.functional import to_tensor
 
-R_WNIDS = ["n01443537", "n01484850"]  # goldfish (1k index 1), great white shark (2): ImageNet-R classes
+from advsoup.shift.imagenet import eval_transform, load_setting, predict_labels
+from advsoup.shift.layout import RealShiftMissing, class_indices, imagenet_synsets
 
 
-def _images(folder, n=2, ext="jpg"):
+def _images(folder, n, size=(40, 50)):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(folder / f"img_{i}.{ext}")
+        Image.fromarray(np.full((*size, 3), 40 * i, np.uint8)).save(folder / f"img_{i}.JPEG")
 
 
-def test_imagenet_r_targets_are_imagenet_indices_and_logits_are_masked(tmp_path):
-    for w in R_WNIDS:
-        _images(tmp_path / "imagenet-r" / w)
-    s = load_real_shift("imagenet-r", tmp_path, img_size=32)
-    assert len(s.dataset) == 4 and sorted(set(s.dataset.targets)) == [1, 2]
-    x, y = s.dataset[0]
-    assert x.shape == (3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and y == 1
-    assert len(s.class_indices) == 200 and len(s.missing_classes) == 198
+def test_targets_are_imagenet_indices_and_the_subset_is_class_balanced(tmp_path):
+    wnids = imagenet_synsets()[3:6]  # ImageNet-1k indices 3, 4, 5
+    for w in wnids:
+        _images(tmp_path / w, 4)
+    full = load_setting(tmp_path, 32, corrupted=False, subset=0, seed=0)
+    assert len(full) == 12 and sorted(set(full.targets)) == [3, 4, 5]
+    x, y = full[0]
+    assert x.shape == (3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and y == 3
+    sub = load_setting(tmp_path, 32, corrupted=False, subset=6, seed=0)
+    assert sorted(y for _, y in sub) == [3, 3, 4, 4, 5, 5]  # two per class
+    again = load_setting(tmp_path, 32, corrupted=False, subset=6, seed=0)
+    assert sub.indices == again.indices  # the same images for every run
+
+
+def test_a_folder_that_is_not_an_imagenet_class_is_refused(tmp_path):
+    _images(tmp_path / "n01440764", 1)
+    _images(tmp_path / "cats", 1)
+    with pytest.raises(RealShiftMissing, match=r"wnid class folders only; found \['cats'\]"):
+        load_setting(tmp_path, 32, corrupted=False, subset=0, seed=0)
+
+
+def test_imagenet_c_is_not_cropped_again_at_224():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    assert torch.equal(eval_transform(224, corrupted=True)(image), to_tensor(image))  # already 224, centred
+    assert not torch.equal(eval_transform(224, corrupted=False)(image), to_tensor(image))  # resize 256, crop
+
+
+def test_predict_labels_stays_within_the_set():
     logits = torch.zeros(2, 1000)
-    logits[:, 0] = 10.0  # tench: not an ImageNet-R class, so it cannot be predicted
-    logits[0, 2], logits[1, 1] = 5.0, 4.0
-    assert predict_labels(logits, s.class_indices).tolist() == [2, 1]
+    logits[:, 0] = 10.0  # tench: not an ImageNet-A class, so it cannot be predicted there
+    logits[0, 6], logits[1, 11] = 5.0, 4.0  # 6 (stingray) and 11 (goldfinch) are ImageNet-A classes
+    idx = class_indices("imagenet-a")
+    assert {6, 11} <= set(idx) and 0 not in idx
+    assert predict_labels(logits, idx).tolist() == [6, 11]
     assert predict_labels(logits, None).tolist() == [0, 0]
-
-
-def test_imagenet_c_and_sketch_layouts(tmp_path):
-    _images(tmp_path / "imagenet-c" / "fog" / "3" / "n01440764", ext="JPEG")
-    _images(tmp_path / "sketch" / "n01440764", ext="JPEG")
-    c = load_real_shift("imagenet-c", tmp_path, img_size=32, corruption="fog", severity=3)
-    assert c.dataset.targets == [0, 0] and c.class_indices is None
-    assert set(real_shift_sets(tmp_path, img_size=32)) == {"imagenet-c/fog-3", "imagenet-sketch"}
-    assert imagenet_synsets()[0] == "n01440764" and len(imagenet_synsets()) == 1000
-
-
-@pytest.mark.parametrize("make, name, kwargs, needle", [
-    (lambda root: None, "imagenet-a", {}, "<root>/imagenet-a/<wnid>/*.jpg"),
-    (lambda root: _images(root / "imagenet-c" / "fog" / "3" / "n01440764"), "imagenet-c",
-     {"corruption": "fog", "severity": 5}, "<root>/imagenet-c/<corruption>/<severity 1-5>/<wnid>/*.JPEG"),
-    (lambda root: _images(root / "imagenet-r" / "n01440764"), "imagenet-r", {},  # tench is not an -R class
-     "not imagenet-r classes: ['n01440764']"),
-    (lambda root: (root / "sketch" / "n01440764").mkdir(parents=True), "imagenet-sketch", {}, "no image files"),
-])
-def test_missing_or_misplaced_sets_name_the_expected_layout(tmp_path, make, name, kwargs, needle):
-    make(tmp_path)
-    with pytest.raises(RealShiftMissing) as exc:
-        load_real_shift(name, tmp_path, img_size=32, **kwargs)
-    msg = str(exc.value)
-    assert needle in msg and "shift.imagenet_root" in msg and str(tmp_path) in msg
-
-
-def test_unset_root_and_empty_root(tmp_path):
-    with pytest.raises(RealShiftMissing, match="shift.imagenet_root is not set"):
-        load_real_shift("imagenet-sketch", "")
-    with pytest.raises(RealShiftMissing, match="no shifted ImageNet set"):
-        real_shift_sets(tmp_path)
-    with pytest.raises(ValueError, match="needs a corruption"):
-        load_real_shift("imagenet-c", tmp_path, corruption="fogg", severity=3)

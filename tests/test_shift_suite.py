@@ -86,11 +86,14 @@ def test_sketch_draws_dark_edges_on_white():
     assert out[8, 14] < 128 and out.min() == 0  # a dark stroke along its border
 
 
+RUNS = ["runs={a: {training: nominal, adapter: none}}", "data.train_size=500"]
+
+
 def test_config_knows_every_imagenet_c_corruption():
     assert CORRUPTIONS == tuple(get_corruption_names("all"))
     with pytest.raises(ConfigError, match=r"shift.corruptions\[1\].*'fogg'"):
-        load_config([], ["shift.corruptions=[fog,fogg]", "runs={a: {training: nominal, adapter: none}}"])
+        load_config([], ["shift.corruptions=[fog,fogg]", *RUNS])
     with pytest.raises(ConfigError, match="shift.k"):
-        load_config([], ["shift.subset=20", "shift.k=20", "runs={a: {training: nominal, adapter: none}}"])
+        load_config([], ["shift.subset=20", "shift.k=20", *RUNS])
     with pytest.raises(ConfigError, match=r"shift.severities\[0\]"):
-        load_config([], ["shift.severities=[6]", "runs={a: {training: nominal, adapter: none}}"])
+        load_config([], ["shift.severities=[6]", *RUNS])

@@ -14,7 +14,7 @@ the rest itself, which no method can know) are scored on the same rest.
 from __future__ import annotations
 
 import zlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,21 +23,49 @@ import torch.nn.functional as F
 from ..models.adapters import AdaptedModel
 
 
-@torch.no_grad()
+def restrict_logits(logits: torch.Tensor, class_indices: Optional[Sequence[int]]) -> torch.Tensor:
+    """Logits with every class outside ``class_indices`` set to -inf (unchanged for None).
+
+    ImageNet-A and -R cover 200 of ImageNet's 1000 classes: the argmax is then
+    one of them and the cross-entropy a softmax over them only.
+    """
+    if class_indices is None:
+        return logits
+    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[torch.as_tensor(list(class_indices), device=logits.device)] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def predict_batches(model: Callable, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float],
+                    device: torch.device, class_indices: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-example correctness (bool) and cross-entropy (float32), each of shape (weights, examples).
+
+    Each batch is moved to the device once and scored at every weight; the
+    logits are restricted to ``class_indices`` first (:func:`restrict_logits`).
+    """
+    correct: List[np.ndarray] = [np.zeros((len(weights), 0), dtype=bool)]
+    loss: List[np.ndarray] = [np.zeros((len(weights), 0), dtype=np.float32)]
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    with torch.inference_mode():
+        for xb, yb in batches:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            c = np.zeros((len(weights), len(yb)), dtype=bool)
+            l = np.zeros((len(weights), len(yb)), dtype=np.float32)
+            for j, w in enumerate(weights):
+                logits = restrict_logits(model(xb, w), class_indices)
+                c[j] = (logits.argmax(1) == yb).cpu().numpy()
+                l[j] = F.cross_entropy(logits, yb, reduction="none").cpu().numpy()
+            correct.append(c)
+            loss.append(l)
+    return np.concatenate(correct, axis=1), np.concatenate(loss, axis=1)
+
+
 def predict(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float], batch_size: int,
             device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-example correctness (bool) and cross-entropy (float32), each of shape (weights, examples)."""
-    correct = np.zeros((len(weights), len(y)), dtype=bool)
-    loss = np.zeros((len(weights), len(y)), dtype=np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            for j, w in enumerate(weights):
-                logits = model(xb, w)
-                correct[j, i:i + len(yb)] = (logits.argmax(1) == yb).cpu().numpy()
-                loss[j, i:i + len(yb)] = F.cross_entropy(logits, yb, reduction="none").cpu().numpy()
-    return correct, loss
+    """:func:`predict_batches` over in-memory tensors."""
+    return predict_batches(model, ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)),
+                           weights, device)
 
 
 def kshot_split(n: int, k: int, seed: int, draw: int, key: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -61,6 +89,17 @@ def choose_weight(correct: np.ndarray, loss: np.ndarray, select: np.ndarray) -> 
     acc = correct[:, select].mean(axis=1)
     ce = loss[:, select].mean(axis=1)
     return min(range(len(acc)), key=lambda i: (-acc[i], ce[i]))
+
+
+def soup_draw(correct: np.ndarray, loss: np.ndarray, weights: Sequence[float], select: np.ndarray,
+              rest: np.ndarray) -> Dict[str, float]:
+    """One draw's soups scored on ``rest``: clean mode, robust mode, the k-shot soup (chosen on ``select``)
+    and the oracle soup (the best weight on ``rest`` itself), with the two chosen weights."""
+    acc_rest = correct[:, rest].mean(axis=1)
+    chosen, best = choose_weight(correct, loss, select), int(np.argmax(acc_rest))
+    return {"clean_mode": acc_rest[list(weights).index(0.0)], "robust_mode": acc_rest[list(weights).index(1.0)],
+            "kshot_soup": acc_rest[chosen], "kshot_w": weights[chosen],
+            "oracle_soup": acc_rest[best], "oracle_w": weights[best]}
 
 
 def finetune(model: AdaptedModel, params: List[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..stats import mean_std
-from .adapt import choose_weight, finetune, kshot_split, predict
+from .adapt import finetune, kshot_split, predict, soup_draw
 from ..atomic import write_json
 from ..config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
 from ..data.prepared import load_split
@@ -41,6 +41,16 @@ from ..runtime import runtime_from_env
 
 def wkey(w: float) -> str:
     return f"{w:.2f}"
+
+
+def run_soupable(run: RunConfig) -> bool:
+    return run.training == "cotrain" and run.adapter != "none"
+
+
+def shift_weights(run: RunConfig, soup_weights: List[float]) -> List[float]:
+    """The weights a run is scored at on a shift: every soup weight for a run with an adapter, else w=0.
+    Clean and robust mode are always among them: the adaptation is compared with them."""
+    return sorted({float(w) for w in soup_weights} | {0.0, 1.0}) if run_soupable(run) else [0.0]
 
 
 # ---- the hard subset ------------------------------------------------------------------------
@@ -106,11 +116,7 @@ def _adapt(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, correct: np.nd
     draws = []
     for d in range(shift.draws):
         select, rest = kshot_split(len(y), shift.k, shift.seed, d, name)
-        acc_rest = correct[:, rest].mean(axis=1)
-        chosen, best = choose_weight(correct, loss, select), int(np.argmax(acc_rest))
-        row = {"clean_mode": acc_rest[weights.index(0.0)], "robust_mode": acc_rest[weights.index(1.0)],
-               "kshot_soup": acc_rest[chosen], "kshot_w": weights[chosen],
-               "oracle_soup": acc_rest[best], "oracle_w": weights[best]}
+        row = soup_draw(correct, loss, weights, select, rest)
         xs, ys = x[select].to(device), y[select].to(device)
         for method, params, lr in (("adapter_finetune", adapter, shift.finetune.adapter_lr),
                                    ("full_finetune", list(model.parameters()), shift.finetune.full_lr)):
@@ -176,9 +182,8 @@ def run_shift(job: ShiftJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     log = setup_logging(job.run_dir / "shift.log")
     model = load_run(job.run_dir, job.model, rt.device)
-    soupable = job.run.training == "cotrain" and job.run.adapter != "none"
-    # Clean and robust mode are always among the weights: the adaptation is compared with them.
-    weights = sorted({float(w) for w in job.evaluate.soup_weights} | {0.0, 1.0}) if soupable else [0.0]
+    soupable = run_soupable(job.run)
+    weights = shift_weights(job.run, job.evaluate.soup_weights)
     sets = {**load_sets(job.suite_dir), **load_sets(job.hard_dir)}
     bs = job.evaluate.batch_size
     records: Dict[str, Dict[str, Any]] = {}

@@ -4,3 +4,7 @@ CLEAN, SKETCH, HARD = "clean", "sketch", "hard"
 METHODS = ("clean_mode", "robust_mode", "kshot_soup", "adapter_finetune", "full_finetune", "oracle_soup")
 AVERAGE = "average"
 MEAN_CORRUPTION = "mean_corruption"
+# The published shifted ImageNet sets (advsoup.shift.layout), by the names their jobs, files and tables use.
+REAL_SETS = ("imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")
+# How a run is scored on a real set: the soups only (fine-tuning on k is not run at that scale).
+REAL_METHODS = ("clean_mode", "robust_mode", "kshot_soup", "oracle_soup")

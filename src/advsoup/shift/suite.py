@@ -4,7 +4,9 @@ The small-scale analogues of the paper's shifted ImageNet test sets, made from a
 fixed class-balanced subset of the test split:
 
 * ``<corruption>-<severity>``: every ImageNet-C corruption (imagecorruptions-imaug,
-  offline) at the configured severities (the analogue of ImageNet-C);
+  offline) at the configured severities (the analogue of ImageNet-C); colour
+  images (CIFAR-10) are corrupted as colour images, which makes a
+  CIFAR-10-C-like suite, and grey ones (Fashion-MNIST) as grey;
 * ``sketch``: a rendition as dark pencil strokes on white paper (Sobel edge
   map, inverted): texture, fill and background polarity are gone, the shape
   stays (the analogue of ImageNet-Sketch / -R);
@@ -52,12 +54,14 @@ def _seed(seed: int, corruption: str, severity: int, index: int) -> int:
 
 
 def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """One grey H x W uint8 image through an ImageNet-C corruption, same shape and dtype out.
+    """One image through an ImageNet-C corruption, same shape and dtype out.
 
-    Images under 32 px are zero-padded (the black background of Fashion-MNIST)
-    and cropped back. The corruption returns RGB; it is converted back to grey
-    by luminance (PIL's "L", exact for grey inputs): per-channel noises are
-    thereby averaged, i.e. somewhat weaker than on a colour image.
+    A colour H x W x 3 uint8 image is corrupted as the colour image it is (as
+    ImageNet-C was made). A grey H x W image goes through as RGB with three
+    equal channels and comes back by luminance (PIL's "L", exact for grey
+    inputs): per-channel noises are thereby averaged, i.e. somewhat weaker
+    than on a colour image. Images under 32 px are zero-padded (the black
+    background of Fashion-MNIST) and cropped back.
 
     The corruption function is called directly rather than through
     ``imagecorruptions.corrupt``, whose uint8 cast hides NaNs: on 32 px images
@@ -66,10 +70,14 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
     """
     from imagecorruptions import corruption_dict
 
-    h, w = image.shape
+    grey = image.ndim == 2
+    if not (grey or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"corrupt_image takes a grey H x W or a colour H x W x 3 image, not shape {image.shape}")
+    h, w = image.shape[:2]
     ph, pw = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
     pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-    rgb_in = np.repeat(np.pad(image, pads)[..., None], 3, axis=2)
+    padded = np.pad(image, pads + ((0, 0),) * (image.ndim - 2))
+    rgb_in = np.repeat(padded[..., None], 3, axis=2) if grey else padded
     fn = corruption_dict[corruption]
     np.random.seed(seed)  # most corruptions draw from numpy's global generator
     kwargs = {"seed": seed} if "seed" in inspect.signature(fn).parameters else {}
@@ -77,25 +85,38 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
         out = np.asarray(fn(Image.fromarray(rgb_in), severity, **kwargs), dtype=np.float64)
     out = np.where(np.isnan(out), rgb_in, out)
     rgb = np.uint8(out)  # truncation, as imagecorruptions.corrupt (and ImageNet-C) does
-    grey = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
-    return grey[pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w]
+    if grey:
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
+    return rgb[pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w]
 
 
 def sketch_image(image: np.ndarray) -> np.ndarray:
-    """Dark strokes where the image has edges, white elsewhere (grey H x W uint8 in and out)."""
+    """Dark strokes where the image has edges, white elsewhere; same shape out.
+
+    A colour image is drawn from its luminance and comes back grey in three
+    channels, as ImageNet-Sketch's drawings are stored.
+    """
     from skimage.filters import sobel
 
+    if image.ndim == 3:
+        lum = np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))
+        return np.repeat(sketch_image(lum)[..., None], 3, axis=2)
     edges = sobel(image.astype(np.float64) / 255.0)
     edges /= max(float(edges.max()), 1e-8)  # the strongest edge of every image is black
     return np.round(255.0 * (1.0 - edges)).astype(np.uint8)
 
 
-def _map_grey(images: np.ndarray, fn: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
-    """Apply fn(H x W image, index) to every channel of N,C,H,W uint8 images."""
+def _map_images(images: np.ndarray, fn: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """Apply fn(image, index) to every image of N,C,H,W uint8: grey (C=1) as H x W, colour (C=3) as H x W x 3."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"the shift suite takes N,C,H,W images with C=1 (grey) or C=3 (RGB), not shape "
+                         f"{images.shape}; check the prepared data's test_images.npy")
     out = np.empty_like(images)
     for i in range(len(images)):
-        for c in range(images.shape[1]):
-            out[i, c] = fn(images[i, c], i)
+        if images.shape[1] == 1:
+            out[i, 0] = fn(images[i, 0], i)
+        else:
+            out[i] = fn(np.ascontiguousarray(images[i].transpose(1, 2, 0)), i).transpose(2, 0, 1)
     return out
 
 
@@ -135,10 +156,10 @@ def generate_suite(prepared: Path, out_dir: Path, shift: ShiftConfig, log=None) 
         if entry["kind"] == CLEAN:
             shifted = images
         elif entry["kind"] == SKETCH:
-            shifted = _map_grey(images, lambda im, i: sketch_image(im))
+            shifted = _map_images(images, lambda im, i: sketch_image(im))
         else:
             c, s = entry["corruption"], entry["severity"]
-            shifted = _map_grey(images, lambda im, i: corrupt_image(im, c, s, _seed(shift.seed, c, s, int(idx[i]))))
+            shifted = _map_images(images, lambda im, i: corrupt_image(im, c, s, _seed(shift.seed, c, s, int(idx[i]))))
         out[name] = (shifted, labels, entry)
         if log:
             log.info("shift set %s: %d images", name, len(labels))
