@@ -282,3 +282,53 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
         rules.write_text(re.sub(r"ancient\(([^()]*(?:\([^()]*\))?[^()]*)\)", r"\1", rules.read_text()))
     jobs = sh(experiment_cmd(clone) + ["-n"], clone, env).stdout
     assert re.search(r"(?m)^train\s+2$", jobs), jobs[-2000:]
+
+
+def _pulled_clone(history, env, tmp_path) -> Path:
+    sh(["dvc", "push"], history.repo, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(history.repo), str(clone)], tmp_path, env)
+    sh(["dvc", "pull"], clone, env)
+    return clone
+
+
+def _jobs(out: str) -> dict:
+    """Snakemake's job table (rule -> count) from a `dvc repro` output."""
+    if "Job stats:" not in out:
+        return {}
+    return dict(re.findall(r"(?m)^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("total")[0]))
+
+
+@pytest.mark.slow
+def test_in_a_fresh_clone_a_soup_grid_edit_reruns_the_soups_and_nothing_retrains(history, env, tmp_path):
+    """No Snakemake metadata in a fresh clone: the results' recorded provenance alone decides."""
+    clone = _pulled_clone(history, env, tmp_path)
+    weights = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (clone / "results" / EXP / "runs").rglob("model.safetensors")}
+    exp_file = clone / "params" / "experiments" / f"{EXP}.yaml"
+    exp_file.write_text(exp_file.read_text().replace("soup_weights: [0.0, 0.25, 0.5, 1.0]",
+                                                     "soup_weights: [0.0, 0.75, 1.0]"))
+    proc = sh(["dvc", "repro"], clone, env)
+    out = proc.stdout + proc.stderr
+    jobs = _jobs(out)
+    assert jobs.get("soups") == "1" and not {"train", "evaluate", "robustness", "shift"} & set(jobs), out[-3000:]
+    soups = json.loads((clone / "results" / EXP / "metrics" / "token-s0" / "soups.json").read_text())
+    assert sorted(r["w"] for r in soups["soup"]) == [0.0, 0.75, 1.0]
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in weights} == weights
+
+
+@pytest.mark.slow
+def test_a_training_edit_recomputes_every_metric_and_metrics_diff_shows_it(history, env, tmp_path):
+    clone = _pulled_clone(history, env, tmp_path)
+    exp_file = clone / "params" / "experiments" / f"{EXP}.yaml"
+    exp_file.write_text(exp_file.read_text().replace("  epochs: 1\n", "  epochs: 2\n"))
+    out = sh(["dvc", "repro"], clone, env)
+    jobs = _jobs(out.stdout + out.stderr)
+    assert {"train", "evaluate", "soups", "robustness", "shift"} <= set(jobs), (out.stdout + out.stderr)[-3000:]
+    metrics = clone / "results" / EXP / "metrics"
+    for run in ("nominal-s0", "token-s0"):
+        sha = json.loads((metrics / run / "checkpoint.json").read_text())["weights_sha256"]
+        for name in ("eval.json", "robustness.json", "shift.json") + (("soups.json",) if run == "token-s0" else ()):
+            assert json.loads((metrics / run / name).read_text())["provenance"]["checkpoints"] == {"train": sha}
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--json"], clone, env).stdout)[SUMMARY]
+    for run in ("nominal-s0", "token-s0"):
+        assert f"runs.{run}.clean_mode.clean_acc" in diff, sorted(diff)[:20]

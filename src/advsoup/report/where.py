@@ -46,6 +46,22 @@ def where(paths: Paths) -> None:
                   f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "
                   f"({100 * g['mean']:+.2f} +- {100 * g['std']:.2f}), oracle soup "
                   f"{100 * avg['oracle_soup']['mean']:.1f}%")
+    _print_timings(paths.logs / "benchmarks")
+
+
+def _print_timings(folder: Path) -> None:
+    """Each job's wall and CPU time, from Snakemake's benchmark files (the last time each job ran)."""
+    rows = []
+    for tsv in sorted(folder.glob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if len(lines) >= 2:
+            rec = dict(zip(lines[0].split("\t"), lines[-1].split("\t")))
+            rows.append((tsv.stem, float(rec["s"]), float(rec.get("cpu_time", "nan")), rec.get("max_rss", "")))
+    if rows:
+        print(f"\ntime per job (last run; {folder}/): wall s, CPU s, peak RSS MB")
+        for name, wall, cpu, rss in sorted(rows, key=lambda r: -r[1]):
+            print(f"  {name:<36} {wall:8.1f} {cpu:8.1f} {rss:>8}")
+        print(f"  {'sum':<36} {sum(r[1] for r in rows):8.1f} {sum(r[2] for r in rows):8.1f}")
 
 
 def _print_variants(summary: dict) -> None:
