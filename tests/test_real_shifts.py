@@ -159,15 +159,17 @@ def _job(tmp_path, run_dir, run, set_name, shift):
                         tmp_path / "metrics" / f"{run.adapter}-s0" / f"shift_{set_name}.json")
 
 
-@pytest.mark.parametrize("set_name, wnids", [("imagenet-r", R_WNIDS), ("imagenet-a", A_WNIDS)])
-def test_stage_masks_a_and_r_on_known_logits(root, tmp_path, set_name, wnids):
+@pytest.mark.parametrize("set_name, wnids, amp", [("imagenet-r", R_WNIDS, "none"), ("imagenet-a", A_WNIDS, "none"),
+                                                   ("imagenet-a", A_WNIDS, "bf16")])
+def test_stage_masks_a_and_r_on_known_logits(root, tmp_path, set_name, wnids, amp):
     """A head that always prefers tench (outside both 200-class sets), then the first class of the tree:
     restricted to the set, the first class's images are right and the second's wrong, at every weight."""
     index = {w: i for i, w in enumerate(SYNSETS)}
     bias = torch.zeros(1000)
     bias[0], bias[index[wnids[0]]] = 100.0, 10.0
-    out = run_real_shift(_job(tmp_path, _run_dir(tmp_path / "run", COTRAIN, bias), COTRAIN, set_name,
-                              _shift(root)))
+    shift = _shift(root)
+    shift.real.amp = amp
+    out = run_real_shift(_job(tmp_path, _run_dir(tmp_path / "run", COTRAIN, bias), COTRAIN, set_name, shift))
     rec = out["sets"][set_name]
     assert rec["size"] == 2 * IMAGES_PER_CLASS and rec["class_folders"] == 2 and out["classes"] == 200
     assert rec["acc"] == {"0.00": 0.5, "0.50": 0.5, "1.00": 0.5}  # unrestricted, tench would make it 0

@@ -255,6 +255,7 @@ class RealImagenetCConfig(RealSetConfig):
 class RealShiftConfig:
     batch_size: int = 256
     workers: int = 8
+    amp: str = "none"
     imagenet_c: RealImagenetCConfig = field(default_factory=RealImagenetCConfig)
     imagenet_a: RealSetConfig = field(default_factory=RealSetConfig)
     imagenet_r: RealSetConfig = field(default_factory=RealSetConfig)
@@ -331,6 +332,7 @@ def _validate_real_shifts(s: ShiftConfig, source: str) -> None:
     r = s.real
     _check(r.batch_size >= 1, source, "shift.real.batch_size", f"{r.batch_size} < 1")
     _check(r.workers >= 0, source, "shift.real.workers", f"{r.workers} < 0 (0 = load in the main process)")
+    _check(r.amp in AMP, source, "shift.real.amp", f"'{r.amp}' is not one of {AMP}")
     for name in ("imagenet_c", "imagenet_a", "imagenet_r", "imagenet_sketch"):
         sub: RealSetConfig = getattr(r, name)
         key = f"shift.real.{name}.subset"

@@ -37,11 +37,13 @@ def restrict_logits(logits: torch.Tensor, class_indices: Optional[Sequence[int]]
 
 
 def predict_batches(model: Callable, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float],
-                    device: torch.device, class_indices: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                    device: torch.device, class_indices: Optional[Sequence[int]] = None,
+                    bf16: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Per-example correctness (bool) and cross-entropy (float32), each of shape (weights, examples).
 
     Each batch is moved to the device once and scored at every weight; the
     logits are restricted to ``class_indices`` first (:func:`restrict_logits`).
+    ``bf16`` autocasts the forward pass; the loss is taken in float32.
     """
     correct: List[np.ndarray] = [np.zeros((len(weights), 0), dtype=bool)]
     loss: List[np.ndarray] = [np.zeros((len(weights), 0), dtype=np.float32)]
@@ -53,7 +55,9 @@ def predict_batches(model: Callable, batches: Iterable[Tuple[torch.Tensor, torch
             c = np.zeros((len(weights), len(yb)), dtype=bool)
             l = np.zeros((len(weights), len(yb)), dtype=np.float32)
             for j, w in enumerate(weights):
-                logits = restrict_logits(model(xb, w), class_indices)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(xb, w)
+                logits = restrict_logits(logits.float(), class_indices)
                 c[j] = (logits.argmax(1) == yb).cpu().numpy()
                 l[j] = F.cross_entropy(logits, yb, reduction="none").cpu().numpy()
             correct.append(c)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..config import RealSetConfig, ShiftConfig
+from ..config.schema import RealSetConfig, ShiftConfig  # not ..config: config.preflight may import this module
 from .names import REAL_SETS
 
 FOLDERS = {"imagenet-c": "imagenet-c", "imagenet-a": "imagenet-a", "imagenet-r": "imagenet-r",

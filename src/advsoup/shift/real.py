@@ -40,7 +40,7 @@ IMAGENET_CLASSES = 1000
 
 @dataclass
 class RealShiftJob:
-    """Reads evaluate.soup_weights and .threads; shift.imagenet_root, .real.batch_size, .real.workers,
+    """Reads evaluate.soup_weights and .threads; shift.imagenet_root, .real.batch_size, .real.workers, .real.amp,
     .real.<set> (enabled, root, subset; ImageNet-C: corruptions, severities), .k, .draws and .seed."""
     run_id: str
     run: RunConfig
@@ -86,7 +86,7 @@ def run_real_shift(job: RealShiftJob) -> Dict[str, Any]:
             raise ValueError(f"{key}: shift.k={job.shift.k} must leave evaluation images among its {len(data)}; "
                              f"lower shift.k or raise {config_key(job.set_name)}.subset")
         batches = progress(loader, desc=f"{job.run_id} {key}", total=len(loader))
-        correct, loss = predict_batches(model, batches, weights, rt.device, indices)
+        correct, loss = predict_batches(model, batches, weights, rt.device, indices, bf16=real.amp == "bf16")
         folders = (data.dataset if isinstance(data, torch.utils.data.Subset) else data).classes
         rec = {**entry, "size": int(correct.shape[1]), "class_folders": len(folders),
                "acc": {wkey(w): round(float(c.mean()), 5) for w, c in zip(weights, correct)}}
