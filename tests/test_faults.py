@@ -275,6 +275,16 @@ def test_a_damaged_training_state_names_the_restart_and_restart_trains_afresh(tm
     assert not state.exists()
 
 
+def test_a_restarted_job_requeued_resumes_its_own_state(tmp_path, prepared):
+    """A job submitted with --restart carries one token through its requeues: only older states are discarded."""
+    job = train_job(tmp_path, prepared, "nominal-s0", "train.threads=1", "data.train_size=192")
+    train(job, stop_after_steps=1)  # the state from before the restart
+    train(job, stop_after_steps=1, restart="token-1")  # preempted after one step of the restarted run
+    assert "resuming" not in (job.run_dir / "train.log").read_text()
+    train(job, restart="token-1")  # the requeued job: same token
+    assert "resuming nominal-s0 at step 1/3" in (job.run_dir / "train.log").read_text()
+
+
 # ---- outputs readable by the group -----------------------------------------------------------------
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])

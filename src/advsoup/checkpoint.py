@@ -160,13 +160,20 @@ def discard_state(run_dir: Path) -> None:
             old.unlink()
 
 
-def resume_state(run_dir: Path, restart: bool, restart_command: str, discard: bool = True):
-    """What :func:`load_state` returns, or None (train from the start) with ``restart``, which also
-    discards the state when ``discard`` (one rank of a distributed run does).
+def resume_state(run_dir: Path, restart: str, restart_command: str, discard: bool = True):
+    """What :func:`load_state` returns, or None: train from the start.
 
-    A damaged state is reported with ``restart_command``, the command that discards it.
+    ``restart``: a token ('' for none) naming one restart. A state saved under that same token (by this
+    restart's job before a preemption requeued it) is resumed; any other state is discarded when ``discard``
+    (one rank of a distributed run does), damaged or not. Without a restart, a damaged state is reported
+    with ``restart_command``, the command that discards it.
     """
     if restart:
+        try:  # state.json alone tells whose state it is: no need to read (and hash) its tensors otherwise
+            if json.loads((run_dir / "state.json").read_text()).get("restart") == restart:
+                return load_state(run_dir)
+        except (OSError, ValueError):  # none, or damaged (CheckpointError is a ValueError): discarded below
+            pass
         if discard:
             discard_state(run_dir)
         return None

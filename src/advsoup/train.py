@@ -17,6 +17,7 @@ import csv
 import io
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -110,20 +111,22 @@ def _csv(rows: List[Dict[str, Any]]) -> str:
 
 
 def train(job: TrainJob, rt: Optional[Runtime] = None, stop_after_steps: Optional[int] = None,
-          restart: bool = False, restart_command: Optional[str] = None) -> Dict[str, Any]:
+          restart: bool | str = False, restart_command: Optional[str] = None) -> Dict[str, Any]:
     """Train one run into job.run_dir; resumes from its training state if one matches.
 
-    Holds the run folder's lock (one trainer per run). ``restart`` discards the training state first;
+    Holds the run folder's lock (one trainer per run). ``restart`` discards the training state first (see
+    checkpoint.resume_state; a job passes a token made once at submission, so its requeues resume);
     ``restart_command`` is how a user does that, named when the state is damaged.
     ``stop_after_steps`` ends the call early (as a preemption would), for tests.
     """
     rt = rt or runtime_from_env(job.train.threads, preemptible=True)
     command = restart_command or f"advsoup train --config <experiment file> --run {job.run_id} --restart"
+    token = uuid.uuid4().hex if restart is True else (restart or "")
     with hold_run(job.run_dir, rt):
-        return _train(job, rt, stop_after_steps, restart, command)
+        return _train(job, rt, stop_after_steps, token, command)
 
 
-def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart: bool,
+def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart: str,
            restart_command: str) -> Dict[str, Any]:
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,7 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
     def save(step: int) -> None:
         if rt.is_main:
             ckpt.save_state(run_dir, model, opt, {"step": step, "config": key, "history": history,
-                                                   "epoch_sums": sums},
+                                                   "epoch_sums": sums, "restart": restart},
                             {"cpu": torch.get_rng_state()})
 
     step = start_step
