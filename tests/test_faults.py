@@ -82,13 +82,22 @@ def test_a_reused_pid_does_not_keep_a_stale_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["proc_start"] != "1"
 
 
-def test_a_lock_from_another_host_is_taken_over_only_by_the_same_slurm_job(tmp_path, monkeypatch):
-    _fake_lock(tmp_path, host="node-17", pid=1, slurm_job_id="555")
-    monkeypatch.setenv("SLURM_JOB_ID", "556")
+@pytest.mark.parametrize("job, restarts", [("556", "0"), ("556", "1"), ("555", "0")])
+def test_a_lock_from_another_host_is_refused(tmp_path, monkeypatch, job, restarts):
+    """Another job, or another trainer in the same allocation (same job id, same start): its pid means nothing
+    here, so the lock is never guessed stale."""
+    _fake_lock(tmp_path, host="node-17", pid=1, slurm_job_id="555", slurm_restart=0)
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
     with pytest.raises(RunLocked, match="pid 1 on node-17, SLURM job 555.*another host or boot, which this "
                                         "process cannot check.*scancel 555"):
         RunLock(tmp_path).acquire()
-    monkeypatch.setenv("SLURM_JOB_ID", "555")  # the same job requeued: its earlier start has ended
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_start(tmp_path, monkeypatch):
+    _fake_lock(tmp_path, host="node-17", pid=1, slurm_job_id="555", slurm_restart=0)
+    monkeypatch.setenv("SLURM_JOB_ID", "555")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # SLURM requeues a job only once its earlier start ended
     with RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == socket.gethostname()
 

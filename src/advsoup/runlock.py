@@ -11,8 +11,9 @@ A lock outlives a process killed hard (SIGKILL, node failure). It is stale,
 and taken over, only when that is certain:
 - same host (same host name and boot): the holder's process is gone (its pid
   is free, a zombie, or another process's now: another start time);
-- another host: the holder is an earlier start of this very SLURM job (SLURM
-  requeues a job only once its previous start has ended).
+- another host: the holder is an earlier start of this very SLURM job (same
+  job id, lower SLURM_RESTART_COUNT: SLURM requeues a job only once its
+  previous start has ended).
 A lock held from another host by another job cannot be judged from here (its
 pid means nothing on this host), and neither can one from before a reboot
 (twin host names would look the same), so it is refused with the way to
@@ -81,7 +82,12 @@ def _here(holder: Dict[str, Any]) -> bool:
     return holder.get("host") == socket.gethostname() and holder.get("boot_id", "") == _boot_id()
 
 
-def describe(holder: Dict[str, Any]) -> str:
+def _restarts() -> int:
+    """How often SLURM has restarted (requeued) this job; 0 for its first start and outside SLURM."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def _describe(holder: Dict[str, Any]) -> str:
     job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
     return f"pid {holder.get('pid')} on {holder.get('host')}{job}, since {holder.get('started')}"
 
@@ -97,6 +103,7 @@ class RunLock:
     def _record(self) -> Dict[str, Any]:
         pid = os.getpid()
         return {"host": socket.gethostname(), "pid": pid, "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+                "slurm_restart": _restarts(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "proc_start": start_ticks(pid),
                 "boot_id": _boot_id(), "token": self.token}
 
@@ -132,8 +139,9 @@ class RunLock:
     def _stale(self, holder: Dict[str, Any]) -> bool:
         if _here(holder):
             return not process_alive(int(holder.get("pid", 0)), holder.get("proc_start", ""))
+        # An earlier start of this job, requeued. Two trainers inside one allocation share the job id, not this.
         job = os.environ.get("SLURM_JOB_ID", "")
-        return bool(job) and holder.get("slurm_job_id") == job  # an earlier start of this job: requeued
+        return bool(job) and holder.get("slurm_job_id") == job and int(holder.get("slurm_restart", 0)) < _restarts()
 
     def _take_over(self, stale_text: str) -> bool:
         guard = self.path.with_name(self.path.name + ".takeover")
@@ -167,7 +175,7 @@ class RunLock:
                 continue
             where = "this host" if _here(holder) else "another host or boot, which this process cannot check"
             raise RunLocked(
-                f"run folder '{self.path.parent}' is being trained by another process ({describe(holder)}, on "
+                f"run folder '{self.path.parent}' is being trained by another process ({_describe(holder)}, on "
                 f"{where}): wait for it or stop it (kill {holder.get('pid')}"
                 + (f" / scancel {holder['slurm_job_id']}" if holder.get("slurm_job_id") else "")
                 + f"); if it is gone for sure, delete '{self.path}'")
