@@ -192,10 +192,12 @@ def test_stage_scores_every_imagenet_c_setting_at_every_weight(root, tmp_path):
     assert written == json.loads(json.dumps(out))
 
 
-def test_stage_refuses_a_set_left_out_and_a_non_imagenet_model(root, tmp_path):
+def test_stage_refuses_a_set_left_out_and_a_non_imagenet_model_and_checks_only_its_set(root, tmp_path):
     run_dir = _run_dir(tmp_path / "run", NOMINAL)
     with pytest.raises(RealShiftMissing, match="imagenet-a is not configured"):
         run_real_shift(_job(tmp_path, run_dir, NOMINAL, "imagenet-a", _shift(root, imagenet_a__enabled=False)))
+    broken_c = _shift(root, imagenet_c__severities=[5])  # another set's fault is not this job's
+    assert "imagenet-sketch" in run_real_shift(_job(tmp_path, run_dir, NOMINAL, "imagenet-sketch", broken_c))["sets"]
     job = _job(tmp_path, run_dir, NOMINAL, "imagenet-sketch", _shift(root))
     with pytest.raises(ValueError, match="model.num_classes is 10"):
         run_real_shift(replace(job, model=replace(MODEL, num_classes=10)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import RealSetConfig, ShiftConfig  # not ..config: config.preflight may import this module
 from .names import REAL_SETS
@@ -123,13 +123,14 @@ def _check_classes(name: str, setting: Path, folder: Path, allowed: set) -> None
         raise _missing(name, folder, f"no image file ({', '.join(IMAGE_SUFFIXES)}) in '{first}'")
 
 
-def check_real_sets(shift: ShiftConfig) -> Dict[str, Path]:
-    """The configured sets' folders, each checked against its published layout; call before any job starts.
+def check_real_sets(shift: ShiftConfig, names: Sequence[str] = REAL_SETS) -> Dict[str, Path]:
+    """The configured sets' folders (among ``names``), each checked against its published layout; call before
+    any job starts.
 
     Raises RealShiftMissing naming the set, the path and the layout it expected.
     A set that is disabled or has no root (neither its own nor shift.imagenet_root) is skipped.
     """
-    folders = real_set_folders(shift)
+    folders = {n: f for n, f in real_set_folders(shift).items() if n in names}
     for name, folder in folders.items():
         if not folder.is_dir():
             raise _missing(name, folder, f"folder '{folder}' does not exist")

@@ -63,7 +63,7 @@ def _draws(correct: np.ndarray, loss: np.ndarray, weights: List[float], key: str
 
 
 def run_real_shift(job: RealShiftJob) -> Dict[str, Any]:
-    folder = check_real_sets(job.shift).get(job.set_name)
+    folder = check_real_sets(job.shift, [job.set_name]).get(job.set_name)  # only this job's set
     if folder is None:
         raise RealShiftMissing(f"{job.set_name} is not configured: set shift.imagenet_root or "
                                f"{config_key(job.set_name)}.root (and {config_key(job.set_name)}.enabled=true)")
