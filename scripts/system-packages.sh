@@ -8,7 +8,9 @@
 # Groups:
 #   data   the embedded dataset: the real Fashion-MNIST (MIT), read by `make demo` and the tests
 #   slurm  a single-node SLURM with accounting, started by the SLURM tests (scripts/slurm/start.sh)
-#   test   everything the test suite needs (installed before pytest starts: no test installs anything)
+#   test   everything the test suite needs (installed before pytest starts: no test installs anything):
+#          data, slurm, and Debian's chromium, which renders `dvc plots diff`'s page headless
+#          (tests/test_dvc_plots.py)
 # Nothing is started here: daemons are started by whoever needs them.
 set -euo pipefail
 
@@ -16,7 +18,7 @@ packages() {
   case "$1" in
     data) echo "dataset-fashion-mnist" ;;
     slurm) echo "slurmctld slurmd slurm-client munge slurmdbd mariadb-server mariadb-client" ;;
-    test) packages data; packages slurm ;;
+    test) packages data; packages slurm; echo "chromium" ;;
     *) echo "system-packages.sh: unknown group '$1' (data, slurm, test)" >&2; exit 2 ;;
   esac
 }
