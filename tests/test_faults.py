@@ -233,6 +233,15 @@ def test_preflight_accepts_what_can_run(tmp_path):
     preflight(nominal, str(TINY))
 
 
+def test_an_experiment_file_that_is_not_yaml_is_named_in_one_line(tmp_path):
+    exp = tmp_path / "broken.yaml"
+    exp.write_text("runs: [token\n  training: cotrain\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config([exp])
+    assert str(exc.value).startswith(f"{exp}: not valid YAML: ") and "line 2" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
 def test_an_empty_grid_is_blamed_on_the_experiment_file(tmp_path):
     exp = tmp_path / "empty.yaml"
     exp.write_text("experiment: empty\ndata: {train_size: 512}\n")

@@ -33,7 +33,8 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        # One line: YAML's message spans several, with the line and column of the fault.
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}; fix the line named") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return loaded
