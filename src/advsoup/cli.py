@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from typing import List, Optional
 
 from .config import ConfigError, Paths, load_config, run_ids, split_run_id
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="experiment file(s), merged over params/defaults.yaml in order")
         if name in STAGES and STAGES[name].per_run:
             sp.add_argument("--run", required=True, help="run id '<run>-s<seed>' (see `advsoup runs`)")
+        if name == "train":
+            sp.add_argument("--restart", action="store_true",
+                            help="discard the run's training state (e.g. a damaged one) and train from scratch")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides")
     return p
 
@@ -48,7 +52,8 @@ def env_overrides() -> List[str]:
 
 
 def _dispatch(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config or ["params/experiments/demo.yaml"], env_overrides() + args.overrides)
+    files = args.config or ["params/experiments/demo.yaml"]
+    cfg = load_config(files, env_overrides() + args.overrides)
     if args.stage == "runs":
         print("\n".join(run_ids(cfg)))
         return
@@ -58,14 +63,18 @@ def _dispatch(args: argparse.Namespace) -> None:
         where(Paths(cfg))
         return
     from . import stages
+    from .config.preflight import preflight
 
+    preflight(cfg, " + ".join(files))
     run_id = getattr(args, "run", None)
     if run_id:
         split_run_id(cfg, run_id)
+    # A restart is one token, made here: the job's requeues resume the state saved under it.
+    options = {"restart": uuid.uuid4().hex} if getattr(args, "restart", False) else {}
     if STAGES[args.stage].job and cfg.launcher.executor != "inline":
-        stages.submit(cfg, args.stage, run_id)
+        stages.submit(cfg, args.stage, run_id, **options)
     else:
-        stages.run(cfg, args.stage, run_id)
+        stages.run(cfg, args.stage, run_id, **options)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

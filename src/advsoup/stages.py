@@ -100,7 +100,7 @@ def _reads_adapters(cfg, run_id):
 
 def _reads_shift_suite(cfg, run_id):
     return {"data": cfg.data,
-            "shift": blank(cfg.shift, "hard", "k", "draws", "finetune", "imagenet_root")}
+            "shift": blank(cfg.shift, "hard", "k", "draws", "finetune", "imagenet_root", "real")}
 
 
 def _reads_shift_reference(cfg, run_id):
@@ -116,13 +116,13 @@ def _reads_shift_hard(cfg, run_id):
 
 def _reads_shift(cfg, run_id):
     return {**_run_slice(cfg, run_id), "model": cfg.model,
-            "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard", "imagenet_root"),
+            "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard", "imagenet_root", "real"),
             "evaluate": blank(cfg.evaluate, "robust_subset", "attack", "autoattack", "robustness")}
 
 
 def _reads_shift_report(cfg, run_id):
     return {"runs": cfg.runs, "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard",
-                                             "imagenet_root", "finetune")}
+                                             "imagenet_root", "finetune", "real")}
 
 
 # ---- what each stage runs (thin: build the job from the slice and the paths, call the module) ----
@@ -135,11 +135,13 @@ def _prepare(s, paths, run_id):
           f"{sum(manifest['train_class_counts'])} train / {sum(manifest['test_class_counts'])} test images")
 
 
-def _train(s, paths, run_id):
+def _train(s, paths, run_id, restart=False):
     from .train import TrainJob, train
 
     train(TrainJob(run_id, s.run, s.seed, s.data, s.model, s.train, paths.prepared, paths.run_dir(run_id),
-                   paths.history_file(run_id)))
+                   paths.history_file(run_id)), restart=restart,
+          restart_command=f"advsoup train --config params/experiments/{paths.cfg.experiment}.yaml --run {run_id} "
+                          "--restart")
 
 
 def _evaluate(s, paths, run_id):
@@ -319,7 +321,7 @@ def job_name(cfg: Config, name: str, run_id: Optional[str] = None) -> str:
     return "-".join([cfg.experiment, name] + ([run_id] if run_id else []))
 
 
-def run(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
+def run(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) -> None:
     """The stage in this process, on its slice of the config; its record then says what it was computed from."""
     from . import provenance as prov
 
@@ -331,7 +333,7 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
             raise ValueError(f"{name} {run_id or ''}: refusing the checkpoint: {reason}; retrain it first "
                              f"(`advsoup {src} ...`, or `snakemake`, which reruns it)")
     loaded = prov.loaded_checkpoints(cfg, name, run_id)
-    stage.run(SimpleNamespace(**config_slice(cfg, name, run_id)), paths, run_id)
+    stage.run(SimpleNamespace(**config_slice(cfg, name, run_id)), paths, run_id, **options)
     rec = prov.record_file(paths, name, run_id)
     if rec is None:
         return
@@ -347,15 +349,16 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
 
 def run_request(request: tuple) -> None:
     """Inside a submitit job (again after a requeue): ``run`` with the config resolved by the submitter."""
-    run(*request)
+    cfg, name, run_id, options = request
+    run(cfg, name, run_id, **options)
 
 
-def submit(cfg: Config, name: str, run_id: Optional[str] = None) -> None:
+def submit(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) -> None:
     """Run the stage as a job of ``launcher.executor`` with its own resources, and wait for it."""
     from .launch import submit as launch
 
     stage, paths = get(name), Paths(cfg)
     inline = replace(cfg, launcher=replace(cfg.launcher, executor="inline"))
     jname = job_name(cfg, name, run_id)
-    launch(run_request, (inline, name, run_id), cfg.launcher, resources(cfg, name), jname,
+    launch(run_request, (inline, name, run_id, options), cfg.launcher, resources(cfg, name), jname,
            paths.logs / "jobs" / jname.removeprefix(f"{cfg.experiment}-"), stage.distributed)

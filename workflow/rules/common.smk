@@ -21,6 +21,7 @@ from snakemake.exceptions import WorkflowError
 from advsoup import provenance, stages
 from advsoup.cli import OVERRIDES_ENV
 from advsoup.config import ConfigError, Paths, dotlist, load_config, run_ids, soup_run_ids
+from advsoup.config.preflight import preflight
 
 # The experiment file(s) given with --configfile; the demo by default.
 EXPERIMENT_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params/experiments/demo.yaml"]
@@ -29,6 +30,7 @@ OVERRIDES = dotlist(dict(workflow.config_settings.config))
 
 try:
     CFG = load_config(EXPERIMENT_FILES, OVERRIDES)
+    preflight(CFG, " + ".join(EXPERIMENT_FILES))  # what the config alone decides, before any job
 except ConfigError as exc:
     raise WorkflowError(f"invalid advsoup config: {exc}") from None
 

@@ -79,3 +79,14 @@ def preflight(cfg: Config, source: str) -> None:
     _check_attack(cfg, source)
     _check_sizes(cfg, source)
     _check_folders(cfg, source)
+    _check_real_shifts(cfg, source)
+
+
+def _check_real_shifts(cfg: Config, source: str) -> None:
+    """A configured real shift set (ImageNet-C/-A/-R/-Sketch) must be where the config says, in its layout."""
+    from ..shift.layout import RealShiftMissing, check_real_sets
+
+    try:
+        check_real_sets(cfg.shift)
+    except RealShiftMissing as exc:
+        raise ConfigError(f"{source}: {exc}") from None
