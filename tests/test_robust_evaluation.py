@@ -19,12 +19,13 @@ from torch import nn
 from advsoup.robust import autoattack
 from advsoup.report.aggregate import aggregate
 from advsoup.robust.attacks import pgd
-from advsoup.cli import _print_robustness, main
+from advsoup.cli import main
+from advsoup.report.where import _print_robustness
 from advsoup.config import EXPERIMENTS_DIR, AttackConfig, ConfigError, Paths, load_config, split_run_id
 from advsoup.data.prepared import load_split
 from advsoup.robust.evaluate import clean_accuracy, load_run, robust_accuracy
 from advsoup.models import build_model
-from advsoup.robust.checks import FAIL, PASS, Curves, masking_checks, status
+from advsoup.robust.checks import FAIL, PASS, Curves, autoattack_checks, masking_checks, status
 from advsoup.train import TrainJob, train
 
 CPU = torch.device("cpu")
@@ -122,13 +123,28 @@ class GradientMasked(nn.Module):
 
 
 def test_masking_checks_fail_on_a_gradient_masked_model(token):
+    """Run as the pipeline runs them (random start on, the evaluation PGD): the masked model is caught."""
     model, x, y, cfg, _ = token
-    ev = dataclasses.replace(cfg.evaluate, attack=dataclasses.replace(cfg.evaluate.attack, random_start=False))
+    assert cfg.evaluate.attack.random_start
     masked = GradientMasked(model)
-    grids, checks = masking_checks(Curves(masked, x[:100], y[:100], ev, CPU), [1.0])
+    grids, checks = masking_checks(Curves(masked, x[:100], y[:100], cfg.evaluate, CPU), [1.0])
+    print({c["name"]: (c["status"], c["detail"]) for c in checks})
     verdict = {c["name"]: c["status"] for c in checks}
-    assert verdict["large_eps_near_zero"] == FAIL  # PGD never moves: "robust" at eps 0.5
+    assert verdict["large_eps_near_zero"] == FAIL  # PGD never moves past its random start: "robust" at eps 0.5
     assert status(checks)["status"] == FAIL and "large_eps_near_zero (w=1.00)" in status(checks)["failed"]
+
+
+def test_a_pgd_far_above_autoattack_fails_the_masking_checks():
+    """PGD 6 points above AutoAttack on the same images: the sweep's attack is too weak for the model."""
+    evaluation = {"adapter": "token", "autoattack": {
+        "attack": {"name": "AutoAttack-custom", "subset": 200}, "pgd_attack": {"name": "PGD-10"},
+        "clean_mode": {"w": 0.0, "robust_acc": 0.20, "pgd_robust_acc": 0.21},
+        "robust_mode": {"w": 1.0, "robust_acc": 0.56, "pgd_robust_acc": 0.62}}}
+    checks = autoattack_checks(evaluation, tol=0.005, max_gap=0.015)
+    verdict = {(c["name"], c["w"]): c["status"] for c in checks}
+    assert verdict == {("autoattack_not_above_pgd", 0.0): PASS, ("pgd_near_autoattack", 0.0): PASS,
+                       ("autoattack_not_above_pgd", 1.0): PASS, ("pgd_near_autoattack", 1.0): FAIL}
+    assert status(checks)["failed"] == ["pgd_near_autoattack (w=1.00)"]
 
 
 def test_autoattack_is_never_above_pgd(token):
@@ -186,12 +202,13 @@ def test_evaluate_and_robustness_stages_name_every_robust_number(token, capsys):
         assert aa[mode]["robust_acc"] <= aa[mode]["pgd_robust_acc"] + 0.005
     assert main(["robustness", "--config", tiny, "--run", "token-s0", *overrides]) == 0
     rob = json.loads(paths.robustness_file("token-s0").read_text())
-    assert rob["status"] == PASS and rob["n_checks"] == 5 and rob["attack"]["subset"] == 100, rob["failed"]
+    assert rob["n_checks"] == 7 and rob["attack"]["subset"] == 100  # 3 PGD curves, 2 x 2 against AutoAttack
+    assert rob["status"] == PASS, rob["failed"]
     assert (paths.run_dir("token-s0") / "robustness.log").is_file()
 
     summary = aggregate("tiny", [paths.eval_file("token-s0")], [], paths.summary, paths.tables,
                         robustness_files=[paths.robustness_file("token-s0")])
-    assert summary["masking_checks"] == {"status": PASS, "failed": [], "skipped": [], "n_passed": 5, "n_checks": 5}
+    assert summary["masking_checks"] == {"status": PASS, "failed": [], "skipped": [], "n_passed": 7, "n_checks": 7}
     assert summary["runs"]["token-s0"]["autoattack"] == aa
     row = pd.read_csv(paths.tables / "runs.csv").iloc[0]
     assert row["autoattack"] == "AutoAttack-custom linf eps=0.1 on 50 images"
@@ -206,7 +223,7 @@ def test_evaluate_and_robustness_stages_name_every_robust_number(token, capsys):
     assert summary["masking_checks"]["failed"] == ["token-s0: large_eps_near_zero (w=1.00)"]
     _print_robustness(summary)
     out = capsys.readouterr().out
-    assert "gradient-masking checks: FAIL (4 of 5 passed" in out
+    assert "gradient-masking checks: FAIL (6 of 7 passed" in out
     assert "FAILED   token-s0: large_eps_near_zero (w=1.00)" in out
 
 
