@@ -25,7 +25,10 @@ KIND = "files"
 def _scan(folder: Path, classes: List[str]) -> List[Tuple[str, int, int]]:
     rows = []
     for idx, cls in enumerate(classes):
-        entries = sorted(e for e in os.scandir(folder / cls) if e.name.lower().endswith(EXTENSIONS))
+        if not (folder / cls).is_dir():  # a class the split does not hold (a partial val/)
+            continue
+        entries = sorted((e for e in os.scandir(folder / cls) if e.name.lower().endswith(EXTENSIONS)),
+                         key=lambda e: e.name)
         rows += [(f"{folder.name}/{cls}/{e.name}", e.stat().st_size, idx) for e in entries]
     return rows
 

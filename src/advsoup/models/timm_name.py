@@ -16,8 +16,8 @@ def create_named(name: str, key: str, cls: type, pretrained: bool, kwargs: Dict[
     try:
         net = timm.create_model(name, pretrained=pretrained, **{**common, **dict(kwargs)})
     except TypeError as exc:
-        raise ValueError(f"{key}: timm cannot build '{name}' with {dict(kwargs)} ({exc}); "
-                         f"fix the model's kwargs") from None
+        raise ValueError(f"{key}: timm cannot build '{name}' ({exc}): name a model of the run's family, "
+                         f"and check the kwargs beside the name ({dict(kwargs)})") from None
     if not isinstance(net, cls):
         raise ValueError(f"{key}: '{name}' is a {type(net).__name__}, not a timm {cls.__name__}: "
                          f"name a model of the run's family")
