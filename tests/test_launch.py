@@ -69,11 +69,12 @@ def test_a_crashing_job_stops_the_dag_and_leaves_nothing_to_trust(tmp_path, prep
     cmd = [str(BIN / "snakemake"), *evaluations, "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--workflow-profile", str(REPO_ROOT / "workflow" / "profiles" / "local"), "--configfile", str(tiny)]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd + ["--config", "train={batch_size: 1024}"], capture_output=True, text=True, env=env,
-                          timeout=600)
+    # A learning rate the config accepts but training cannot survive: only the job can find out.
+    proc = subprocess.run(cmd + ["--config", "train={lr: 1.0e+30}"], capture_output=True, text=True, env=env,
+                          timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "failed: ValueError: train.batch_size=1024 exceeds the 512 training images" in out
+    assert "failed: FloatingPointError: run " in out and "training diverged" in out
     assert "--- last lines of the job's log ---" in out and "Traceback" in out
     kept = [p for p in (tmp_path / "results").rglob("*")
             if p.name in ("model.safetensors", "model.json", "train_log.csv", "eval.json")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import uuid
 from typing import List, Optional
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="experiment file(s), merged over params/defaults.yaml in order")
         if name in STAGES and STAGES[name].per_run:
             sp.add_argument("--run", required=True, help="run id '<run>-s<seed>' (see `advsoup runs`)")
-        if name == "train":
+        if name in ("train", "shift_reference"):
             sp.add_argument("--restart", action="store_true",
                             help="discard the run's training state (e.g. a damaged one) and train from scratch")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides")
@@ -69,8 +70,14 @@ def _dispatch(args: argparse.Namespace) -> None:
     run_id = getattr(args, "run", None)
     if run_id:
         split_run_id(cfg, run_id)
-    # A restart is one token, made here: the job's requeues resume the state saved under it.
-    options = {"restart": uuid.uuid4().hex} if getattr(args, "restart", False) else {}
+    options = {}
+    if args.stage in ("train", "shift_reference"):
+        # A restart is one token, made here: the job's requeues resume the state saved under it.
+        options["restart"] = uuid.uuid4().hex if args.restart else False
+        options["restart_command"] = " ".join(
+            ["advsoup", args.stage] + [f"--config {shlex.quote(f)}" for f in files]
+            + ([f"--run {run_id}"] if run_id else []) + [shlex.quote(o) for o in env_overrides() + args.overrides]
+            + ["--restart"])
     if STAGES[args.stage].job and cfg.launcher.executor != "inline":
         stages.submit(cfg, args.stage, run_id, **options)
     else:
@@ -88,8 +95,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .checkpoint import CheckpointError
         from .data.sources import DataMissingError
         from .launch import LaunchError
+        from .runlock import RunLocked
 
-        if isinstance(exc, (DataMissingError, CheckpointError, LaunchError, FileNotFoundError, ValueError)):
+        if isinstance(exc, (DataMissingError, CheckpointError, LaunchError, RunLocked, FloatingPointError,
+                            FileNotFoundError, ValueError)):
             print(f"advsoup {args.stage}: error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -135,13 +135,11 @@ def _prepare(s, paths, run_id):
           f"{sum(manifest['train_class_counts'])} train / {sum(manifest['test_class_counts'])} test images")
 
 
-def _train(s, paths, run_id, restart=False):
+def _train(s, paths, run_id, restart=False, restart_command=None):
     from .train import TrainJob, train
 
     train(TrainJob(run_id, s.run, s.seed, s.data, s.model, s.train, paths.prepared, paths.run_dir(run_id),
-                   paths.history_file(run_id)), restart=restart,
-          restart_command=f"advsoup train --config params/experiments/{paths.cfg.experiment}.yaml --run {run_id} "
-                          "--restart")
+                   paths.history_file(run_id)), restart=restart, restart_command=restart_command)
 
 
 def _evaluate(s, paths, run_id):
@@ -206,11 +204,12 @@ def _shift_suite(s, paths, run_id):
     run_suite(SuiteJob(paths.prepared, paths.shift_suite, s.shift))
 
 
-def _shift_reference(s, paths, run_id):
+def _shift_reference(s, paths, run_id, restart=False, restart_command=None):
     from .train import TrainJob, train
 
     train(TrainJob("shift_reference", s.run, s.seed, s.data, s.model, s.train, paths.prepared,
-                   paths.shift_reference, paths.shift_reference / "train_log.csv"))
+                   paths.shift_reference, paths.shift_reference / "train_log.csv"), restart=restart,
+          restart_command=restart_command)
 
 
 def _shift_hard(s, paths, run_id):
