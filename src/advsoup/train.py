@@ -30,12 +30,13 @@ from . import checkpoint as ckpt
 from .atomic import write_text
 from .robust.attacks import pgd
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
-from .data.prepared import load_split
+from .data.loaders import to_device, train_batches
 from .logs import progress, setup_logging
 from .models import build_model
 from .models.adapters import AdaptedModel
 from .runlock import hold_run
 from .runtime import Runtime, runtime_from_env
+from . import scale
 
 
 @dataclass
@@ -73,32 +74,29 @@ def _step_generator(seed: int, epoch: int, step: int, device: torch.device, rank
     return g
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 7919 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def _loss(job: TrainJob, model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
           gen: torch.Generator) -> tuple[torch.Tensor, Dict[str, float]]:
     t = job.train
     training = job.run.training
+    # MixUp/CutMix targets are soft (B, classes) and already smoothed; accuracy counts their largest class
+    smoothing, hard = (0.0, y.argmax(1)) if y.ndim > 1 else (t.label_smoothing, y)
     if training == "nominal":
         logits = model(x, 0.0)
-        loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
-        return loss, {"loss": loss.item(), "clean_acc": (logits.argmax(1) == y).float().mean().item()}
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        return loss, {"loss": loss.item(), "clean_acc": (logits.argmax(1) == hard).float().mean().item()}
     x_adv = pgd(model, x, y, t.attack, w=1.0, generator=gen, model_mode=t.attack_model_mode)
     if training == "adversarial":
         logits = model(x_adv, 1.0)
-        loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
-        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item()}
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == hard).float().mean().item()}
     b = len(x)
     w = torch.cat([torch.zeros(b, device=x.device), torch.ones(b, device=x.device)])
     logits = model(torch.cat([x, x_adv]), w)
-    lc = F.cross_entropy(logits[:b], y, label_smoothing=t.label_smoothing)
-    la = F.cross_entropy(logits[b:], y, label_smoothing=t.label_smoothing)
+    lc = F.cross_entropy(logits[:b], y, label_smoothing=smoothing)
+    la = F.cross_entropy(logits[b:], y, label_smoothing=smoothing)
     loss = t.clean_loss_weight * lc + t.adv_loss_weight * la
-    return loss, {"loss": loss.item(), "clean_acc": (logits[:b].argmax(1) == y).float().mean().item(),
-                  "adv_acc": (logits[b:].argmax(1) == y).float().mean().item()}
+    return loss, {"loss": loss.item(), "clean_acc": (logits[:b].argmax(1) == hard).float().mean().item(),
+                  "adv_acc": (logits[b:].argmax(1) == hard).float().mean().item()}
 
 
 def _csv(rows: List[Dict[str, Any]]) -> str:
@@ -134,19 +132,19 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
     write_text(run_dir / "config.yaml", to_yaml(job.sub_config()))
     t = job.train
 
-    split = load_split(job.prepared, "train", job.data.train_size)
-    images, labels = split.tensors()
-    n = len(labels)
-    per_rank = t.batch_size // rt.world_size
-    if per_rank * rt.world_size != t.batch_size:
-        raise ValueError(f"train.batch_size={t.batch_size} must divide evenly over {rt.world_size} processes")
-    steps_per_epoch = n // t.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={t.batch_size} exceeds the {n} training images (data.train_size)")
+    batches = train_batches(job.data, job.model.img_size, job.prepared, job.seed, t.batch_size, rt.rank,
+                            rt.world_size)
+    n, steps_per_epoch = batches.n, batches.steps_per_epoch
     total_steps = steps_per_epoch * t.epochs
 
     torch.manual_seed(job.seed)
     model = build_model(job.model, job.run.family, job.run.adapter).to(rt.device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = scale.create_ema(model, t)
+    saved = scale.state_module(model, ema)  # what the training state holds
+    forward = torch.compile(model) if t.compile else model  # same parameters; the state saves the plain module
+    mixup = scale.create_mixup(t, job.model.num_classes)
     opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
     sched = CosineLRScheduler(opt, t_initial=total_steps, lr_min=t.min_lr,
                               warmup_t=int(t.warmup_epochs * steps_per_epoch), warmup_lr_init=t.lr * 1e-3,
@@ -160,9 +158,9 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
         if progress_meta.get("config") != key:
             log.warning("training state in %s was made with another config: starting afresh", run_dir)
         else:
-            model.load_state_dict(model_sd)
+            saved.load_state_dict(model_sd)
             opt.load_state_dict(opt_sd)
-            torch.set_rng_state(rng["cpu"])
+            scale.set_rng_state(rng, rt.device)
             start_step, history = progress_meta["step"], progress_meta["history"]
             sums = progress_meta.get("epoch_sums", {})  # this epoch's statistics so far
             log.info("resuming %s at step %d/%d", job.run_id, start_step, total_steps)
@@ -173,15 +171,15 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
 
     def save(step: int) -> None:
         if rt.is_main:
-            ckpt.save_state(run_dir, model, opt, {"step": step, "config": key, "history": history,
+            ckpt.save_state(run_dir, saved, opt, {"step": step, "config": key, "history": history,
                                                    "epoch_sums": sums, "restart": restart},
-                            {"cpu": torch.get_rng_state()})
+                            scale.rng_state(rt.device))
 
     step = start_step
     while step < total_steps:
         epoch, first = divmod(step, steps_per_epoch)
-        order = epoch_order(n, job.seed, epoch)
         model.train()
+        data = batches.epoch(epoch, first)
         t0, seen = time.time(), 0
         bar = progress(range(first, steps_per_epoch), desc=f"{job.run_id} epoch {epoch + 1}/{t.epochs}",
                        total=steps_per_epoch - first)
@@ -191,12 +189,13 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
             if rt.preempted():  # SIGUSR2 (requeue) or SIGTERM (stop) arrived: keep the steps done
                 save(step)
                 rt.hand_over()
-            idx = order[i * t.batch_size:(i + 1) * t.batch_size][rt.rank * per_rank:(rt.rank + 1) * per_rank]
-            x, y = images[idx].to(rt.device), labels[idx].to(rt.device)
+            x, y = to_device(*next(data), rt.device, t.channels_last)
+            x, y = scale.mix(mixup, x, y, job.seed, epoch, i)
             sched.step_update(step)
-            loss, stats = _loss(job, model, x, y, _step_generator(job.seed, epoch, i, rt.device, rt.rank))
+            gen = _step_generator(job.seed, epoch, i, rt.device, rt.rank)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            stats = scale.accumulate(lambda xm, ym: _loss(job, forward, xm, ym, gen), x, y, t.accum_steps,
+                                     lambda: scale.autocast(rt.device, t.amp))
             rt.sync_gradients(model)
             stats = rt.average(stats)  # the global batch's statistics, whatever the number of ranks
             if not math.isfinite(stats["loss"]):  # before the step: no weight takes a NaN update
@@ -204,7 +203,10 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
                     f"run {job.run_id}: the loss is {stats['loss']} at step {step + 1} (epoch {epoch + 1}): training "
                     f"diverged; nothing after the last saved state was kept. Lower train.lr or raise "
                     f"train.warmup_epochs")
+            scale.clip(model, t.clip_grad)
             opt.step()
+            if ema is not None:
+                ema.update(model, step=step)
             step += 1
             seen += len(x) * rt.world_size
             for k, v in stats.items():
@@ -227,11 +229,11 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
 
     if rt.is_main:
         write_text(job.history_file, _csv(history))
-        ckpt.save_model(run_dir, model, {
+        ckpt.save_model(run_dir, model if ema is None else ema.module, {
             "run_id": job.run_id, "family": job.run.family, "adapter": job.run.adapter,
             "training": job.run.training, "seed": job.seed, "model": asdict(job.model),
             "domain_parameters": model.num_domain_parameters(), "steps": total_steps,
-            "epochs": t.epochs, "train_images": n, "config": key})
+            "epochs": t.epochs, "train_images": n, "config": key, "ema": ema is not None})
         log.info("wrote %s", run_dir / "model.safetensors")
     return {"history": history}
 

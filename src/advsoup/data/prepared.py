@@ -15,22 +15,25 @@ import torch
 
 from ..atomic import atomic_dir, sha256, write_json
 from ..config import DataConfig
-from .sources import DATASETS, load_raw
+from .imagefolder import prepare_image_folder
+from .registry import kind, raw_arrays
 
 MANIFEST = "manifest.json"
 
 
 def prepare(data: DataConfig, out_dir: Path) -> Dict:
     """Read the raw dataset and write out_dir/{split}_{images,labels}.npy + manifest.json."""
-    arrays = load_raw(data.name, data.source_dir, data.download, Path(data.prepared_dir) / "downloads")
-    classes = DATASETS[data.name]
+    if kind(data.name) == "files":  # ImageNet: a file list, the images stay where they are
+        return prepare_image_folder(data.source_dir, out_dir, data.hash_files, data.name)
+    arrays, classes, provenance = raw_arrays(data)
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(x) != len(y):
             raise ValueError(f"{data.source_dir}: {split} has {len(x)} images but {len(y)} labels")
         if y.max() >= len(classes):
             raise ValueError(f"{data.source_dir}: {split} label {y.max()} beyond the {len(classes)} classes")
-    manifest = {"dataset": data.name, "source_dir": data.source_dir, "classes": list(classes), "files": {}}
+    manifest = {"dataset": data.name, "source_dir": data.source_dir, "classes": list(classes), "files": {},
+                **provenance}
     with atomic_dir(out_dir) as tmp:
         for key, arr in arrays.items():
             if key.endswith("_images") and arr.ndim == 3:
@@ -97,6 +100,9 @@ def load_split(prepared: Path, split: str, size: int = 0) -> Split:
         raise FileNotFoundError(f"no prepared data at '{prepared}' (missing {MANIFEST}); "
                                 f"run `advsoup prepare --config <experiment>` first")
     manifest = json.loads(mpath.read_text())
+    if manifest.get("kind") == "files":
+        raise ValueError(f"{prepared} lists image files ({manifest['dataset']}), which are streamed, never loaded "
+                         f"whole: read them with advsoup.data.loaders.eval_loader")
     out = {}
     for key in (f"{split}_images", f"{split}_labels"):
         path = prepared / f"{key}.npy"
