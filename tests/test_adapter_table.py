@@ -101,6 +101,9 @@ def test_adapter_table_rows_are_variants_with_mean_and_std_over_seeds(study):
         assert row[f"{choice}_robust_acc_mean"] == pytest.approx(sum(a["robust_acc"] for a in at) / 2, abs=1e-5)
     assert row.oracle_soup_robust_acc_std > 0.01
     assert "best_soup_w" not in table.columns
+    # the curves' table holds the test sweeps only; the validation sweeps sit apart
+    assert len(pd.read_csv(study / "tables" / "soups.csv")) == len(pd.read_csv(study / "tables" / "soups_validation.csv"))
+    assert pd.read_csv(study / "tables" / "soups.csv").merge(pd.DataFrame([_soup(0, i, 0.3)])).shape[0] == 1
     # AutoAttack beside PGD on the same 50 images, the subset in the column names; the masking checks.
     assert row.aa_robust_acc_robust_mode_n50_mean == pytest.approx(row.robust_acc_robust_mode_mean - 0.02)
     assert row.pgd_robust_acc_robust_mode_n50_mean == pytest.approx(row.robust_acc_robust_mode_mean + 0.01)

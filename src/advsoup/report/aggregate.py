@@ -3,6 +3,8 @@
 Every chosen number says what it was chosen on: a soup weight chosen on the
 validation split (``val_soup``) or on test itself (``oracle_soup``); AutoAttack
 sits beside PGD on the same images, the subset size in the column names.
+soups.csv holds the test sweeps (what the soup curves draw), soups_validation.csv
+the validation sweeps the weights are chosen on.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def _choose(rows: pd.DataFrame) -> float:
 
 
 def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, Any]],
-                  train_attack_model_mode: str | None = None) -> pd.DataFrame:
+                  val_rows: Sequence[Dict[str, Any]] = (), train_attack_model_mode: str | None = None) -> pd.DataFrame:
     """results/tables/adapters.csv: one row per variant, mean and std over its seeds.
 
     Two soups per variant, each one weight for all seeds, chosen as the highest
@@ -79,7 +81,7 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
     ``train_attack_model_mode`` (train.attack_model_mode) says which network the
     training attack saw, for every variant trained with one.
     """
-    runs, soups = pd.DataFrame(rows), pd.DataFrame(soup_rows)
+    runs, soups, val = pd.DataFrame(rows), pd.DataFrame(soup_rows), pd.DataFrame(val_rows)
     n_aa = aa_subset_of(runs.columns) if rows else None
     aa_cols = [c for c in aa_columns(n_aa) if "robust_mode" in c] if n_aa else []
     columns = ADAPTER_COLUMNS[:11] + [f"{c}_{s}" for c in aa_cols for s in ("mean", "std")] + ADAPTER_COLUMNS[11:]
@@ -102,12 +104,12 @@ def adapter_table(rows: Sequence[Dict[str, Any]], soup_rows: Sequence[Dict[str, 
         checks = grp["masking_checks"]
         row["masking_checks"] = None if checks.isna().any() else ("fail" if (checks == "fail").any() else "pass")
         mine = soups[soups["variant"] == variant] if not soups.empty else soups
-        for choice, split in (("val_soup", "validation"), ("oracle_soup", "test")):
-            chosen_on = mine[mine["split"] == split] if not mine.empty else mine
+        mine_val = val[val["variant"] == variant] if not val.empty else val
+        for choice, chosen_on in (("val_soup", mine_val), ("oracle_soup", mine)):
             if chosen_on.empty:
                 continue
             w = _choose(chosen_on)
-            at = mine[(mine["split"] == "test") & (mine["w"] == w)]
+            at = mine[mine["w"] == w]
             row[f"{choice}_w"] = w
             for col in ("clean_acc", "robust_acc"):
                 s = mean_std(at[col].tolist())
@@ -183,7 +185,8 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
     if len(aa_subsets) > 1:
         raise ValueError(f"the runs' AutoAttack numbers were measured on different subsets {sorted(aa_subsets)}: "
                          f"re-run the evaluate stage of every run with one evaluate.autoattack.subset")
-    soup_rows: List[Dict[str, Any]] = []
+    soup_rows: List[Dict[str, Any]] = []  # test: soups.csv (what the soup curves and `dvc plots` draw)
+    val_rows: List[Dict[str, Any]] = []  # validation: soups_validation.csv (where weights are chosen)
     for f in soup_files:
         rec = _read(f)
         run = runs.setdefault(rec["run"], {})
@@ -194,8 +197,8 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
                                       for r in rec["validation"]}
         run.update(_soup_choices(rec))
         ids = {"run": rec["run"], "variant": variant_name(rec), "seed": rec["seed"]}
-        soup_rows += [{**ids, "split": "test", **r} for r in rec["soup"]]
-        soup_rows += [{**ids, "split": "validation", **r} for r in rec.get("validation", [])]
+        soup_rows += [{**ids, **r} for r in rec["soup"]]
+        val_rows += [{**ids, **r} for r in rec.get("validation", [])]
     masking = masking_summary([_read(f) for f in robustness_files], runs)
 
     rows = []
@@ -210,7 +213,7 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
             for k in ("w", "clean_acc", "robust_acc"):
                 row[f"{choice}_{k}"] = r.get(choice, {}).get(k)
         rows.append({**row, **robustness_columns(r, attack)})
-    table = adapter_table(rows, soup_rows, train_attack_model_mode)
+    table = adapter_table(rows, soup_rows, val_rows, train_attack_model_mode)
     # The summary's per-variant numbers are the adapter table's, not a second computation of them.
     n_aa = aa_subset_of(table.columns)
     keys = {"clean_acc_clean_mode": "clean_acc_clean_mode", "robust_acc_robust_mode": "robust_acc_robust_mode"}
@@ -236,7 +239,7 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
         summary["masking_checks"] = masking
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("runs", pd.DataFrame(rows)), ("soups", pd.DataFrame(soup_rows)),
-                        ("adapters", table)):
+                        ("soups_validation", pd.DataFrame(val_rows)), ("adapters", table)):
         with atomic_path(tables_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
     write_json(summary_path, summary)

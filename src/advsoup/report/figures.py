@@ -39,8 +39,6 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
     runs = pd.read_csv(tables_dir / "runs.csv")
     soups_file = tables_dir / "soups.csv"
     soups = pd.read_csv(soups_file) if soups_file.stat().st_size > 1 else pd.DataFrame()
-    if not soups.empty:
-        soups = soups[soups["split"] == "test"]  # the validation sweep only chooses weights
     sns.set_theme(style="whitegrid", context="notebook")
     attack = summary.get("attack") or {}
     # One row per model family: every soupable variant of the family, and its runs without an
