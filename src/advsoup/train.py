@@ -226,9 +226,11 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
         history.append(row)
         log.info("epoch %d done: %s", epoch + 1, row)
         save(step)
+        if rt.is_main:  # as training goes: a 300-epoch run shows its curve long before it ends
+            write_text(job.history_file, _csv(history))
 
     if rt.is_main:
-        write_text(job.history_file, _csv(history))
+        write_text(job.history_file, _csv(history))  # again: a run resumed after its last epoch's save
         ckpt.save_model(run_dir, model if ema is None else ema.module, {
             "run_id": job.run_id, "family": job.run.family, "adapter": job.run.adapter,
             "training": job.run.training, "seed": job.seed, "model": asdict(job.model),
