@@ -249,7 +249,7 @@ def test_timm_names_and_bottleneck_resnets_take_every_adapter():
 
 def test_train_log_is_written_as_training_goes(tmp_path, image_folder):
     cfg = _cfg(tmp_path, image_folder, "imagenet", *IMAGENET, "data.workers=0", "data.train_size=20",
-               "train.batch_size=10", "train.epochs=2", "runs.nominal.training=nominal")
+               "train.batch_size=10", "train.epochs=2")
     prepare(cfg.data, Paths(cfg).prepared)
     job = _job(cfg, "nominal-s0")
     train(job, stop_after_steps=3)  # into the second epoch: the first is logged
