@@ -15,7 +15,7 @@ from PIL import Image
 
 from advsoup import scale
 from advsoup.config import EXPERIMENTS_DIR, ConfigError, Paths, load_config, split_run_id
-from advsoup.data.loaders import eval_loader, train_batches
+from advsoup.data.loaders import eval_loader, eval_tensors, train_batches
 from advsoup.data.prepared import load_split, prepare
 from advsoup.data.sources import DataMissingError
 from advsoup.models import build_model
@@ -81,6 +81,8 @@ def test_imagenet_folder_prepares_a_file_list_and_trains_a_vit_b16_shape(tmp_pat
     assert model.net.embed_dim == 768 and model.net.patch_embed.patch_size == (16, 16) and len(model.net.blocks) == 1
     x, y = next(iter(eval_loader(cfg.data, 32, Paths(cfg).prepared, "test", 0, 16)))
     assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32) and y.shape == (16,)
+    x, y = eval_tensors(cfg.data, 32, Paths(cfg).prepared, "test", 20)
+    assert x.shape == (20, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and torch.bincount(y).tolist() == [2] * 10
 
 
 def test_imagenet_refuses_a_wrong_layout_saying_what_it_expected(tmp_path, image_folder):
@@ -237,6 +239,10 @@ def test_timm_names_and_bottleneck_resnets_take_every_adapter():
         # both copies equal: the adapted model computes what the plain timm model computes
         torch.testing.assert_close(model(x, w), plain(x), rtol=1e-4, atol=1e-5)
         assert model.num_domain_parameters() > 0
+        if family == "resnet":  # channels-last (train.channels_last) through dual BN's per-sample groups
+            last = model.to(memory_format=torch.channels_last)
+            torch.testing.assert_close(last(x.contiguous(memory_format=torch.channels_last), w), plain(x),
+                                       rtol=1e-4, atol=1e-5)
     bad = dataclasses.replace(cfg.model, resnet=dataclasses.replace(cfg.model.resnet, name="vit_tiny_patch16_224"))
     with pytest.raises(ValueError, match="model.resnet.name: 'vit_tiny_patch16_224' is a VisionTransformer"):
         build_model(bad, "resnet", "batchnorm")

@@ -195,6 +195,17 @@ def eval_loader(data: DataConfig, img_size: int, prepared: Path, split: str, siz
     return _loader(dataset, data, 0, batch_size=batch_size, shuffle=False)
 
 
+def eval_tensors(data: DataConfig, img_size: int, prepared: Path, split: str,
+                 size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A split as (floats in [0, 1], labels), what evaluation stages take: the prepared arrays as they are, or
+    the first ``size`` of a file dataset's class-balanced order decoded at evaluation size (bound ``size``:
+    ImageNet's 50k validation images are 30 GB as floats)."""
+    if _manifest(prepared).get("kind") != "files":
+        return load_split(prepared, split, size).tensors()
+    batches = list(eval_loader(data, img_size, prepared, split, size, batch_size=256))
+    return torch.cat([x for x, _ in batches]).float().div_(255.0), torch.cat([y for _, y in batches])
+
+
 def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
               channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Non-blocking copies (from pinned memory); uint8 images become floats in [0, 1] on the device."""
