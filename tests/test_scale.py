@@ -260,3 +260,35 @@ def test_train_log_is_written_as_training_goes(tmp_path, image_folder):
     job = _job(cfg, "nominal-s0")
     train(job, stop_after_steps=3)  # into the second epoch: the first is logged
     assert job.history_file.read_text().splitlines()[1].startswith("1,")
+
+
+@pytest.mark.slow
+def test_imagenet_path_end_to_end_through_the_stages(tmp_path, image_folder):
+    """prepare -> train -> evaluate -> soups -> robustness -> aggregate on the generated ImageFolder, DataLoader
+    with 2 workers (about 2 min on a loaded 2-core machine)."""
+    from advsoup.cli import main
+
+    over = [f"results_dir={tmp_path}/results", f"data.prepared_dir={tmp_path}/prepared", "data.name=imagenet",
+            f"data.source_dir={image_folder}", "data.val_size=0", "launcher.executor=inline", *IMAGENET,
+            "data.train_size=40", "train.batch_size=10", "evaluate.autoattack.subset=8", "evaluate.robust_subset=20"]
+    tiny = str(TINY)
+    assert main(["prepare", "--config", tiny, *over]) == 0
+    for run in ("nominal-s0", "token-s0"):
+        assert main(["train", "--config", tiny, "--run", run, *over]) == 0
+        assert main(["evaluate", "--config", tiny, "--run", run, *over]) == 0
+        assert main(["robustness", "--config", tiny, "--run", run, *over]) == 0
+    assert main(["soups", "--config", tiny, "--run", "token-s0", *over]) == 0
+    assert main(["aggregate", "--config", tiny, *over]) == 0
+    assert list((tmp_path / "results").rglob("soups.json")) and list((tmp_path / "results").rglob("*.csv"))
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from advsoup.checkpoint import load_tensors, save_tensors
+
+    for pad in range(256):  # one header length in 256 has 0x80 as its first byte
+        path = tmp_path / f"w{pad}.safetensors"
+        save_tensors(path, {"w": torch.ones(2)}, {"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            assert torch.equal(load_tensors(path)["w"], torch.ones(2))
+            return
+    pytest.fail("no padding gave a header length starting with 0x80")

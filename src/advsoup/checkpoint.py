@@ -52,8 +52,10 @@ def load_tensors(path: Path, expected_sha256: Optional[str] = None) -> Dict[str,
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
+        head = fh.read(9)
+    # A safetensors file opens with its header's length (8 bytes, little-endian), then the JSON header's "{";
+    # that length's first byte is 0x80 for one file in 256, so only a file without the "{" is a pickle or zip.
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"'{path}' is a pickle/zip (torch.save) file; advsoup loads safetensors only "
                               "and never unpickles: re-export the weights with safetensors.torch.save_file")
     if expected_sha256 is not None and sha256(path) != expected_sha256:

@@ -35,7 +35,7 @@ import torch
 
 from ..atomic import write_json
 from ..config import EvaluateConfig
-from ..data.prepared import load_split
+from ..data.loaders import eval_tensors
 from .evaluate import RunJob, load_run, pgd_record, robust_accuracy
 from ..logs import setup_logging
 from ..models.adapters import AdaptedModel
@@ -147,7 +147,7 @@ def run_robustness(job: RobustnessJob) -> Dict[str, Any]:
                                 f"(the AutoAttack check reads it)")
     evaluation = json.loads(job.eval_file.read_text())
     model = load_run(job.run_dir, job.model, rt.device)
-    x, y = load_split(job.prepared, "test", job.data.test_size).tensors()
+    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
     n = min(job.evaluate.robustness.subset or len(y), len(y))
     # Without an adapter every weight is the same network: check it once.
     weights = [0.0] if job.run.adapter == "none" else sorted(set(job.evaluate.robustness.weights))

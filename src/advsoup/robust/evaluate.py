@@ -22,7 +22,8 @@ from .. import checkpoint as ckpt
 from ..atomic import write_json
 from .attacks import pgd
 from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
-from ..data.prepared import load_split, load_validation
+from ..data.loaders import eval_tensors
+from ..data.prepared import load_validation
 from ..logs import progress, setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
@@ -152,7 +153,7 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     # The log sits with the run (DVC cache), not with the metric files (git).
     log = setup_logging(job.run_dir / f"{job.out_file.stem}.log")
     model = load_run(job.run_dir, job.model, rt.device)
-    x, y = load_split(job.prepared, "test", job.data.test_size).tensors()
+    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
     n_rob = job.evaluate.robust_subset or len(y)
     n_rob = min(n_rob, len(y))
     base = {"run": job.run_id, **asdict(job.run), "seed": job.seed,
