@@ -292,3 +292,15 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_fo
             assert torch.equal(load_tensors(path)["w"], torch.ones(2))
             return
     pytest.fail("no padding gave a header length starting with 0x80")
+
+
+def test_validation_pass_every_n_epochs_goes_to_the_train_log(tiny_cfg):
+    cfg = load_config([TINY], [f"results_dir={tiny_cfg.results_dir}", f"data.prepared_dir={tiny_cfg.data.prepared_dir}",
+                               "data.train_size=256", "data.val_size=100", "train.epochs=2", "train.val_every=2"])
+    job = _job(cfg, "token-s0")
+    train(job)
+    header, first, second = job.history_file.read_text().splitlines()
+    assert "val_acc_w0" in header and "val_acc_w1" in header
+    assert first.endswith(",,") and 0 <= float(second.split(",")[-1]) <= 1
+    with pytest.raises(ConfigError, match="train.val_every"):
+        load_config([TINY], ["data.val_size=0", "train.val_every=1"])

@@ -29,8 +29,10 @@ from timm.scheduler import CosineLRScheduler
 from . import checkpoint as ckpt
 from .atomic import write_text
 from .robust.attacks import pgd
+from .robust.evaluate import clean_accuracy
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
 from .data.loaders import to_device, train_batches
+from .data.prepared import load_validation
 from .logs import progress, setup_logging
 from .models import build_model
 from .models.adapters import AdaptedModel
@@ -97,6 +99,13 @@ def _loss(job: TrainJob, model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
     loss = t.clean_loss_weight * lc + t.adv_loss_weight * la
     return loss, {"loss": loss.item(), "clean_acc": (logits[:b].argmax(1) == hard).float().mean().item(),
                   "adv_acc": (logits[b:].argmax(1) == hard).float().mean().item()}
+
+
+def _validation(model: AdaptedModel, val: tuple, batch_size: int, device: torch.device) -> Dict[str, float]:
+    """Clean accuracy on the held-out validation split in clean mode, and in robust mode with an adapter."""
+    model.eval()  # the training loop sets train mode again at the start of every epoch
+    weights = (0.0,) if model.adapter == "none" else (0.0, 1.0)
+    return {f"val_acc_w{w:g}": round(clean_accuracy(model, *val, w, batch_size, device), 5) for w in weights}
 
 
 def _csv(rows: List[Dict[str, Any]]) -> str:
@@ -175,6 +184,8 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
                                                    "epoch_sums": sums, "restart": restart},
                             scale.rng_state(rt.device))
 
+    val = load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors() \
+        if t.val_every and rt.is_main else None
     step = start_step
     while step < total_steps:
         epoch, first = divmod(step, steps_per_epoch)
@@ -223,6 +234,8 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2),
                "images_per_s": round(seen / max(time.time() - t0, 1e-9), 1)}
         row.update({f"train_{k}": round(v / sums["_n"], 5) for k, v in sums.items() if k != "_n"})
+        if val is not None and (epoch + 1) % t.val_every == 0:
+            row.update(_validation(model if ema is None else ema.module, val, t.batch_size, rt.device))
         history.append(row)
         log.info("epoch %d done: %s", epoch + 1, row)
         save(step)

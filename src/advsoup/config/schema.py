@@ -23,7 +23,7 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
-ATTACK_METHODS = ("pgd", "apgd-ce")  # evaluation attacks (advsoup.robust); training always runs PGD
+ATTACK_METHODS = ("pgd", "apgd-ce", "apgd-dlr")  # evaluation attacks (advsoup.robust); training always runs PGD
 ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.robust.attacks)
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
@@ -134,6 +134,7 @@ class TrainConfig:
     threads: int = 0
     log_every: int = 50
     checkpoint_every: int = 0
+    val_every: int = 0
     attack: AttackConfig = field(default_factory=AttackConfig)
     attack_model_mode: str = "eval"
     amp: str = "none"
@@ -390,6 +391,9 @@ def _validate_scale(cfg: Config, source: str) -> None:
            f"'{cfg.model.resnet.block}' is not one of {RESNET_BLOCKS}")
     _check(t.amp in AMP, source, "train.amp", f"'{t.amp}' is not one of {AMP}")
     _check(t.accum_steps >= 1, source, "train.accum_steps", f"{t.accum_steps} < 1")
+    _check(t.val_every >= 0, source, "train.val_every", f"{t.val_every} < 0 (0 = no validation pass)")
+    _check(t.val_every == 0 or d.val_size > 0, source, "train.val_every",
+           "a validation pass needs a validation split: set data.val_size > 0, or train.val_every: 0")
     _check(t.clip_grad >= 0, source, "train.clip_grad", f"{t.clip_grad} < 0 (0 = no clipping)")
     _check(0 < t.ema_decay < 1, source, "train.ema_decay", f"{t.ema_decay} outside (0, 1)")
     m = t.mixup
