@@ -5,10 +5,10 @@ steps (``python memory.py train|pgd``), minus that process's resident set just
 before the first step (torch, the model and the batch). ViT-B16 at 224 px:
 counted on the meta device (no memory is allocated): parameters, gradients and
 AdamW's two moments, plus the activations autograd saves for the backward
-pass (every tensor its saved-tensor hook sees, bytes summed), and FLOPs from
-torch.utils.flop_counter. A counted figure is a lower bound of what an
-allocator needs (no fragmentation, no temporaries), which the demo-size
-measurement beside it shows.
+pass (every tensor its saved-tensor hook sees, bytes summed: a tensor that
+several operations save is counted once per operation, so this errs high;
+the demo size, counted and measured, shows by how much), and FLOPs from
+torch.utils.flop_counter.
 """
 from __future__ import annotations
 
