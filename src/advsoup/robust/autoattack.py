@@ -62,10 +62,11 @@ def record(aa: Any, cfg: AutoAttackConfig, attack: AttackConfig, subset: int) ->
             "subset": subset}
 
 
-def apgd_ce_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
-                  device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Per image, correct clean and under APGD-CE (AutoAttack's first attack) with ``attack.steps`` iterations
-    and ``attack.restarts`` restarts: the sweep attack ``evaluate.attack.method: apgd-ce``.
+def apgd_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
+               device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Per image, correct clean and under APGD (``attack.method``: apgd-ce, AutoAttack's first attack, or
+    apgd-dlr, the same on the scale-free DLR margin loss) with ``attack.steps`` iterations and
+    ``attack.restarts`` restarts: the sweep attacks other than PGD.
 
     Its step size adapts (from 2 eps, halved when the loss stalls) and it keeps
     each image's best point, so it needs no step size tuned per model.
@@ -76,7 +77,8 @@ def apgd_ce_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: floa
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), eval_mode(model):  # the package seeds the global RNG
         apgd = APGDAttack(AtWeight(model, w), n_iter=attack.steps, norm=PACKAGE_NORMS[attack.norm], eps=attack.eps,
-                          n_restarts=attack.restarts, seed=seed, loss="ce", device=device)
+                          n_restarts=attack.restarts, seed=seed, loss=attack.method.removeprefix("apgd-"),
+                          device=device)
         x_adv = apgd.perturb(x, y)
         with torch.no_grad():
             return ((model(x, w).argmax(1) == y) & (model(x_adv, w).argmax(1) == y)).cpu()

@@ -85,15 +85,15 @@ def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float
     Both, as AutoAttack and RobustBench count: an image the model gets wrong
     clean is never robust, even if the attack's point happens to be classified
     correctly. PGD keeps, per image, the first iterate that fools the model;
-    ``evaluate.attack.method: apgd-ce`` runs APGD-CE instead (adaptive step, best point kept).
+    ``evaluate.attack.method: apgd-ce | apgd-dlr`` runs APGD instead (adaptive step, best point kept).
     """
     flags = []
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)  # the same random starts for every weight and run
     for i in progress(range(0, len(y), ev.batch_size), desc=desc, total=-(-len(y) // ev.batch_size)):
         xb, yb = x[i:i + ev.batch_size].to(device), y[i:i + ev.batch_size].to(device)
-        if ev.attack.method == "apgd-ce":
-            flags.append(autoattack.apgd_ce_flags(model, xb, yb, w, ev.attack, device, seed))
+        if ev.attack.method != "pgd":
+            flags.append(autoattack.apgd_flags(model, xb, yb, w, ev.attack, device, seed))
             continue
         x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen, keep_fooling=True)
         with torch.no_grad():
