@@ -10,7 +10,8 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PROFILE_LOCAL := --workflow-profile workflow/profiles/local
 CORES ?= 2
 
-.PHONY: setup test-setup data demo study test test-all bench lint clean-results slurm-up slurm-down
+.PHONY: setup test-setup data demo study test test-all bench lint clean-results slurm-up slurm-down \
+	plots plots-template exp-show
 
 setup: $(VENV)/.setup-done data
 
@@ -57,3 +58,22 @@ slurm-up:
 
 slurm-down:
 	bash scripts/slurm/stop.sh
+
+# Comparing commits and experiments with DVC (README). The page is drawn offline: Vega is inlined
+# in .dvc/plots/offline.html. REV=<commit> compares the workspace with another commit.
+REV ?= HEAD
+plots: $(VENV)/.setup-done
+	dvc plots diff $(REV) --html-template .dvc/plots/offline.html -o dvc_plots
+
+# Rewrites .dvc/plots/offline.html (committed) from the Vega bundle vl-convert-python ships.
+VL_CONVERT ?= vl-convert-python==1.9.0.post1
+plots-template: $(VENV)/.setup-done
+	python -c "import vl_convert" 2>/dev/null || pip install -q '$(VL_CONVERT)'
+	python scripts/plots_template.py
+
+# `dvc exp show` with the columns worth reading: the params that differ between the
+# experiments, and each variant's headline accuracies. EXP_SHOW adds options (e.g. -A, --csv).
+EXP_SHOW_KEEP ?= Experiment|Created|variants\.[^.]+\.(clean_acc_clean_mode|robust_acc_robust_mode)\.mean$$
+EXP_SHOW_DROP ?= (results|data|src|workflow)/|Snakefile|experiment$$|attack\.|runs\.[^.]+-s[0-9]+\.|variants\.|masking_checks\.
+exp-show: $(VENV)/.setup-done
+	dvc exp show --no-pager --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(EXP_SHOW)
