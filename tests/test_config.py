@@ -42,9 +42,9 @@ def test_missing_file_and_empty_grid(tmp_path):
 
 
 def test_merge_order_and_grid():
-    cfg = load_config([DEMO], ["train.epochs=3", "runs.token.seeds=[0,1]"])
+    cfg = load_config([DEMO], ["train.epochs=3", "runs.token.seeds=[0,2]"])
     assert cfg.train.epochs == 3 and cfg.data.train_size == 20000  # demo file over defaults
-    assert run_ids(cfg) == ["nominal-s0", "token-s0", "token-s1"]
+    assert run_ids(cfg) == ["nominal-s0", "token-s0", "token-s2"]
 
 
 def test_stage_config_holds_only_what_the_stage_reads():
