@@ -32,11 +32,15 @@ data:
 test-setup: setup
 	@bash scripts/system-packages.sh install test
 
+# `advsoup runs` first: it names a broken experiment file (line, column), which Snakemake's own
+# --configfile reading does not.
 demo: setup
+	@advsoup runs --config params/experiments/demo.yaml > /dev/null
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/demo.yaml
 	@advsoup where --config params/experiments/demo.yaml
 
 study: setup
+	@advsoup runs --config params/experiments/study.yaml > /dev/null
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/study.yaml
 	@advsoup where --config params/experiments/study.yaml
 
@@ -47,8 +51,10 @@ test: test-setup
 test-all: test-setup
 	pytest -q
 
+# Benchmarks (BENCHMARKS.md). BENCH_ARGS e.g. --only train eval, --demo-dir <checkout with a finished demo>
+BENCH_ARGS ?=
 bench: setup
-	python benchmarks/run.py
+	python benchmarks/run.py $(BENCH_ARGS)
 
 lint: setup
 	snakemake --lint --configfile params/experiments/demo.yaml
