@@ -163,5 +163,5 @@ def test_where_prints_each_variant_over_its_seeds(study, capsys):
     clean = 100 * (_clean(0, i) + _clean(1, i)) / 2
     aa = 100 * ((_robust(0, i) + _robust(1, i)) / 2 - 0.02)
     assert f"2 seeds,    64 domain params: clean mode {clean:5.1f} +- 0.1% clean" in lines["cotrain/token"]
-    assert lines["cotrain/token"].endswith(f"AA {aa:5.1f} +- 0.3%")
+    assert f"on 50 images AA {aa:5.1f} +- 0.3% / PGD " in lines["cotrain/token"]  # side by side, same images
     assert "AA" not in lines["nominal"]

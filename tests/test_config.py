@@ -24,7 +24,8 @@ def test_bad_override_names_key_and_source(override, key):
 
 def test_bad_value_in_file_names_the_file(tmp_path):
     bad = tmp_path / "exp.yaml"
-    bad.write_text("experiment: x\nruns:\n  a: {training: cotrain, adapter: token}\nevaluate:\n  attack: {eps: -1}\n")
+    bad.write_text("experiment: x\ndata: {train_size: 500}\nruns:\n  a: {training: cotrain, adapter: token}\n"
+                   "evaluate:\n  attack: {eps: -1}\n")
     with pytest.raises(ConfigError, match=r"exp\.yaml.*evaluate\.attack\.eps"):
         load_config([bad])
     bad.write_text("experiment: x\nmodle: {}\n")

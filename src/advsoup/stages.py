@@ -67,31 +67,38 @@ def _run_slice(cfg: Config, run_id: Optional[str]) -> Dict[str, Any]:
 
 # ---- what each stage reads ------------------------------------------------------------------
 
+def _data(cfg, validation: bool = False):
+    """data without the validation split's size unless the stage reads that split (a val_size edit retrains nothing)."""
+    return cfg.data if validation else blank(cfg.data, "val_size")
+
+
 def _reads_prepare(cfg, run_id):
-    return {"data": cfg.data}
+    return {"data": _data(cfg)}
 
 
 def _reads_train(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model, "train": cfg.train}
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, cfg.train.val_every > 0), "model": cfg.model,
+            "train": cfg.train}
 
 
 def _reads_evaluate(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+    return {**_run_slice(cfg, run_id), "data": _data(cfg), "model": cfg.model,
             "evaluate": blank(cfg.evaluate, "soup_weights", "robustness")}
 
 
 def _reads_soups(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, True), "model": cfg.model,
             "evaluate": blank(cfg.evaluate, "autoattack", "robustness")}
 
 
 def _reads_robustness(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": cfg.data, "model": cfg.model,
+    return {**_run_slice(cfg, run_id), "data": _data(cfg), "model": cfg.model,
             "evaluate": blank(cfg.evaluate, "soup_weights", "autoattack", "robust_subset")}
 
 
 def _reads_report(cfg, run_id):
-    return {"runs": cfg.runs, "evaluate": cfg.evaluate, "train_attack": cfg.train.attack}
+    return {"runs": cfg.runs, "evaluate": cfg.evaluate, "train_attack": cfg.train.attack,
+            "train_attack_model_mode": cfg.train.attack_model_mode}
 
 
 def _reads_adapters(cfg, run_id):
@@ -99,18 +106,18 @@ def _reads_adapters(cfg, run_id):
 
 
 def _reads_shift_suite(cfg, run_id):
-    return {"data": cfg.data,
+    return {"data": _data(cfg),
             "shift": blank(cfg.shift, "hard", "k", "draws", "finetune", "imagenet_root", "real")}
 
 
 def _reads_shift_reference(cfg, run_id):
     run, train = shift_reference_run(cfg)
-    return {"run": blank(run, "seeds"), "seed": cfg.shift.hard.seed, "data": cfg.data, "model": cfg.model,
-            "train": train}
+    return {"run": blank(run, "seeds"), "seed": cfg.shift.hard.seed, "data": _data(cfg, train.val_every > 0),
+            "model": cfg.model, "train": train}
 
 
 def _reads_shift_hard(cfg, run_id):
-    return {"data": cfg.data, "model": cfg.model, "hard": cfg.shift.hard, "seed": cfg.shift.seed,
+    return {"data": _data(cfg), "model": cfg.model, "hard": cfg.shift.hard, "seed": cfg.shift.seed,
             "batch_size": cfg.evaluate.batch_size}
 
 
@@ -176,7 +183,8 @@ def _aggregate(s, paths, run_id):
         check_current(paths.soup_file(r), paths.cfg, "soups", r)
     aggregate(paths.cfg.experiment, [paths.eval_file(r) for r in runs],
               [paths.soup_file(r) for r in grid_soup_run_ids(s.runs)], paths.summary, paths.tables,
-              robustness_files=[paths.robustness_file(r) for r in runs])
+              robustness_files=[paths.robustness_file(r) for r in runs],
+              train_attack_model_mode=s.train_attack_model_mode)
     training_table({r: paths.history_file(r) for r in runs}, paths.tables / "training.csv")
     print(f"wrote {paths.summary} and {paths.tables}/")
 

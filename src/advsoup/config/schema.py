@@ -482,6 +482,8 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
     _check(t.clean_loss_weight >= 0 and t.adv_loss_weight >= 0, source, "train.clean_loss_weight",
            "loss weights must be >= 0")
     _validate_attack(t.attack, "train.attack", source)
+    _check(t.attack.method == "pgd", source, "train.attack.method",
+           f"'{t.attack.method}': training attacks with PGD; APGD methods are for evaluate.attack")
     e = cfg.evaluate
     _validate_attack(e.attack, "evaluate.attack", source)
     _validate_robust_evaluation(e, source)

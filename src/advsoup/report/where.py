@@ -30,10 +30,11 @@ def where(paths: Paths) -> None:
         for run_id, r in summary["runs"].items():
             line = (f"  {run_id:<24} clean mode {100 * r['clean_mode']['clean_acc']:5.1f}% clean "
                     f"/ robust mode {100 * r['robust_mode']['robust_acc']:5.1f}% robust")
-            if "best_soup" in r:
-                b = r["best_soup"]
-                line += (f" | best soup w={b['w']:.1f}: {100 * b['clean_acc']:.1f}% / "
-                         f"{100 * b['robust_acc']:.1f}%")
+            for choice, label in (("val_soup", "soup chosen on validation"), ("oracle_soup", "oracle soup")):
+                if choice in r:
+                    b = r[choice]
+                    line += (f" | {label} w={b['w']:.2f}: {100 * b['clean_acc']:.1f}% / "
+                             f"{100 * b['robust_acc']:.1f}%")
             print(line)
         _print_variants(summary)
         _print_robustness(summary)
@@ -69,13 +70,15 @@ def _print_variants(summary: dict) -> None:
     variants = summary.get("variants", {})
     if not any(v["seeds"] > 1 for v in variants.values()):
         return
-    print("\nper variant, mean +- std over seeds (robust: the PGD above; AA: AutoAttack, robust mode):")
+    print("\nper variant, mean +- std over seeds (robust: the PGD above; AA: AutoAttack in robust mode, beside "
+          "PGD on the same images):")
     pct = lambda s: f"{100 * s['mean']:5.1f} +- {100 * s['std']:3.1f}%"  # noqa: E731
     for name, v in variants.items():
         line = (f"  {name:<26} {v['seeds']} seeds, {v['domain_parameters']:>5} domain params: clean mode "
                 f"{pct(v['clean_acc_clean_mode'])} clean / robust mode {pct(v['robust_acc_robust_mode'])} robust")
         if "aa_robust_acc_robust_mode" in v:
-            line += f", AA {pct(v['aa_robust_acc_robust_mode'])}"
+            line += (f", on {v['aa_images']} images AA {pct(v['aa_robust_acc_robust_mode'])} / PGD "
+                     f"{pct(v['pgd_robust_acc_robust_mode_on_aa_images'])}")
         print(line)
 
 
