@@ -62,7 +62,7 @@ def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
                 ax_t.plot(100 * grp["robust_acc"], 100 * grp["clean_acc"], marker="o", color=palette[variant],
                           label=f"soup: {variant}")
                 for _, r in grp.iterrows():
-                    ax_t.annotate(f"w={r['w']:.1f}", (100 * r["robust_acc"], 100 * r["clean_acc"]),
+                    ax_t.annotate(f"w={r['w']:g}", (100 * r["robust_acc"], 100 * r["clean_acc"]),
                                   textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax_w.set(xlabel="soup weight w (0 = clean mode, 1 = robust mode)", ylabel="test accuracy (%)",
                  title=f"{family.upper()}: adversarial model soups, accuracy against the soup weight")
@@ -119,7 +119,7 @@ def adapter_figure(summary_path: Path, tables_dir: Path, out: Path) -> Path:
         ax.set(xlabel=xlabel, ylabel="")
         ax.legend(fontsize=8, loc="best")
     for _, r in table.dropna(subset=[f"{choice}_w"]).iterrows():
-        axes[0].annotate(f"w={r[f'{choice}_w']:.1f}", (100 * r[f"{choice}_clean_acc_mean"],
+        axes[0].annotate(f"w={r[f'{choice}_w']:g}", (100 * r[f"{choice}_clean_acc_mean"],
                                                       order.index(labels[r["variant"]])),
                          textcoords="offset points", xytext=(6, -10), fontsize=7, color="crimson")
     seeds = sorted(set(table["seeds"]))
