@@ -21,6 +21,15 @@ def demo_config() -> Config:
     return load_config([EXPERIMENTS_DIR / "demo.yaml"])
 
 
+def demo_batch(cfg: Config):
+    """One training batch of the demo's shape (random pixels and labels, seeded): what the step benchmarks time."""
+    import torch
+
+    m, b = cfg.model, cfg.train.batch_size
+    torch.manual_seed(0)
+    return torch.rand(b, m.in_chans, m.img_size, m.img_size), torch.randint(0, m.num_classes, (b,))
+
+
 def cpu_seconds(fn: Callable[[], object], n: int) -> float:
     """CPU seconds of this process per call of ``fn`` over ``n`` calls."""
     t0 = time.process_time()

@@ -14,16 +14,14 @@ import torch
 from advsoup.models import build_model
 from advsoup.train import _loss, _param_groups
 
-from common import demo_config, interleaved, ratio
+from common import demo_batch, demo_config, interleaved, ratio
 
 
 def run(table, rounds: int) -> None:
     cfg = demo_config()
     m, t = cfg.model, cfg.train
     b = t.batch_size
-    torch.manual_seed(0)
-    x = torch.rand(b, m.in_chans, m.img_size, m.img_size)
-    y = torch.randint(0, m.num_classes, (b,))
+    x, y = demo_batch(cfg)
     job = SimpleNamespace(train=t, run=SimpleNamespace(training="nominal"))
 
     def make(compiled: bool):

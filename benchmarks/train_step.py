@@ -23,7 +23,7 @@ from advsoup.models.vit import create_vit
 from advsoup.robust.attacks import pgd
 from advsoup.train import _loss, _param_groups
 
-from common import Table, demo_config, interleaved, median, ratio
+from common import Table, demo_batch, demo_config, interleaved, median, ratio
 
 
 def _plain_pgd(net, x, y, eps, step_size, steps, gen):
@@ -40,9 +40,7 @@ def run(table: Table, rounds: int, fused_only_k: int = 2) -> Dict[str, float]:
     cfg = demo_config()
     m, t = cfg.model, cfg.train
     b = t.batch_size
-    torch.manual_seed(0)
-    x = torch.rand(b, m.in_chans, m.img_size, m.img_size)
-    y = torch.randint(0, m.num_classes, (b,))
+    x, y = demo_batch(cfg)
     gen = torch.Generator()
     mean, std = torch.tensor(m.mean).view(1, -1, 1, 1), torch.tensor(m.std).view(1, -1, 1, 1)
 
