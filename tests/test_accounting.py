@@ -60,10 +60,12 @@ def test_paper_check_explains_49x():
 def test_cli_stage_writes_the_table_and_summary(tmp_path, capsys):
     assert main(["adapters", "--config", str(EXPERIMENTS_DIR / "tiny.yaml"), f"results_dir={tmp_path}",
                  "model.vit.embed_dim=32"]) == 0
-    rows = pd.read_csv(tmp_path / "tables" / "adapter_parameters.csv")
+    report = tmp_path / "tiny" / "report"  # everything under the experiment's name
+    rows = pd.read_csv(report / "tables" / "adapter_parameters.csv")
     assert len(rows) == 5 + 2 + 5 + 2  # every adapter of each network's family
     token = rows[(rows.network == "demo_vit") & (rows.adapter == "token")].iloc[0]
     assert token.domain_parameters == 32  # the config's network, not a fixed one
-    summary = json.loads((tmp_path / "adapter_parameters.json").read_text())
+    summary = json.loads((report / "adapter_parameters.json").read_text())
+    assert summary["provenance"]["stage"] == "adapters"  # what it was computed from
     assert summary["paper_check"]["ratio"] == 50.0 and len(summary["rows"]) == len(rows)
     assert "50x as many" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -342,7 +343,7 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) ->
     loaded = prov.loaded_checkpoints(cfg, name, run_id)
     stage.run(SimpleNamespace(**config_slice(cfg, name, run_id)), paths, run_id, **options)
     rec = prov.record_file(paths, name, run_id)
-    if rec is None:
+    if rec is None or not _main_task():
         return
     provenance = prov.record(cfg, name, run_id, loaded)
     if name in ("train", "shift_reference"):  # the shareable record of the run's current weights
@@ -352,6 +353,15 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) ->
         write_json(rec, {"weights_sha256": meta["weights_sha256"], prov.KEY: provenance})
     else:
         prov.add_to(rec, provenance)
+
+
+def _main_task() -> bool:
+    """False on the other ranks of a distributed job: rank 0 alone writes the record (after its weights)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return True
+    import submitit
+
+    return submitit.JobEnvironment().global_rank == 0
 
 
 def run_request(request: tuple) -> None:
