@@ -28,6 +28,9 @@ from .atomic import write_json
 from .config import Config, Paths
 
 KEY = "provenance"
+# "Old" for Snakemake: one second after the epoch, not 0 (Snakemake skips its input-time check when
+# the oldest output's time is 0, so a stale stamp would then trigger nothing).
+AGED = (1, 1)
 
 
 class StaleResultError(ValueError):
@@ -145,14 +148,14 @@ def stamp(cfg: Config, stage: str, run_id: Optional[str] = None) -> str:
         print(f"advsoup: {stage}{' ' + run_id if run_id else ''} reruns: {reason}", file=sys.stderr)
         os.utime(path)
     else:
-        os.utime(path, (0, 0))
+        os.utime(path, AGED)
     return str(path)
 
 
 def aged(path: Path) -> str:
     """An upstream record as a rule input: its time set to the epoch (its provenance, not its time, counts)."""
     if path.is_file():
-        os.utime(path, (0, 0))
+        os.utime(path, AGED)
     return str(path)
 
 
