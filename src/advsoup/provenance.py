@@ -9,8 +9,8 @@ and Snakemake's metadata decide nothing.
 
 Snakemake learns the verdict through one input per compute job, a *currency
 stamp* (``<logs>/currency/<stage>[-<run>]``) whose time is set when the DAG is
-built: now when the job's record is stale, the epoch when it is current.
-Upstream records a job reads (checkpoint.json, eval.json) are set to the epoch
+built: now when the job's record is stale, 1970 (AGED) when it is current.
+Upstream records a job reads (checkpoint.json, eval.json) are set to 1970
 too: a restored file's new time then triggers nothing, while a job that
 reruns in the same invocation still reruns everything that reads it.
 

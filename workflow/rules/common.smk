@@ -9,7 +9,7 @@
 #   config, another checkpoint). It holds in a fresh clone, after `dvc pull` and `git checkout`.
 # - data and checkpoints, which DVC and git restore with new file times, are ancient() inputs;
 # - the upstream records a job reads (checkpoint.json, eval.json) are aged() inputs: their time is
-#   set to the epoch, so a restored record triggers nothing, while a job that reruns in this
+#   set to 1970, so a restored record triggers nothing, while a job that reruns in this
 #   invocation still reruns every job that reads its record.
 import json
 import os
