@@ -39,10 +39,6 @@ class Stage:
     distributed: bool = False  # one task per GPU (launcher.resources.<name>.gpus or .tasks)
     upstream: Tuple[str, ...] = ()  # stages whose outputs it reads: their digests are part of its provenance
 
-    @property
-    def rule(self) -> str:
-        return self.name
-
 
 def blank(dc: Any, *unread: str) -> Any:
     """A copy of a config dataclass whose ``unread`` fields are None (reading one fails loudly)."""

@@ -28,7 +28,7 @@ import torch
 from ..stats import mean_std
 from .adapt import finetune, kshot_split, predict, soup_draw
 from ..atomic import write_json
-from ..config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig
+from ..config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig, soupable
 from ..data.prepared import load_split
 from .names import AVERAGE, CLEAN, HARD, MEAN_CORRUPTION, METHODS, SKETCH
 from .suite import load_sets, read_manifest, write_sets
@@ -43,14 +43,10 @@ def wkey(w: float) -> str:
     return f"{w:.2f}"
 
 
-def run_soupable(run: RunConfig) -> bool:
-    return run.training == "cotrain" and run.adapter != "none"
-
-
 def shift_weights(run: RunConfig, soup_weights: List[float]) -> List[float]:
     """The weights a run is scored at on a shift: every soup weight for a run with an adapter, else w=0.
     Clean and robust mode are always among them: the adaptation is compared with them."""
-    return sorted({float(w) for w in soup_weights} | {0.0, 1.0}) if run_soupable(run) else [0.0]
+    return sorted({float(w) for w in soup_weights} | {0.0, 1.0}) if soupable(run) else [0.0]
 
 
 # ---- the hard subset ------------------------------------------------------------------------
@@ -182,7 +178,7 @@ def run_shift(job: ShiftJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     log = setup_logging(job.run_dir / "shift.log")
     model = load_run(job.run_dir, job.model, rt.device)
-    soupable = run_soupable(job.run)
+    has_soup = soupable(job.run)
     weights = shift_weights(job.run, job.evaluate.soup_weights)
     sets = {**load_sets(job.suite_dir), **load_sets(job.hard_dir)}
     bs = job.evaluate.batch_size
@@ -191,16 +187,16 @@ def run_shift(job: ShiftJob) -> Dict[str, Any]:
         x, y = split.tensors()
         correct, loss = predict(model, x, y, weights, bs, rt.device)
         rec = {**entry, "acc": {wkey(w): round(float(c.mean()), 5) for w, c in zip(weights, correct)}}
-        if soupable:
+        if has_soup:
             rec["adaptation"] = _adapt(model, x, y, correct, loss, weights, name, job.shift, bs, rt.device)
         records[name] = rec
         log.info("%s: clean mode %.2f%%%s", name, 100 * rec["acc"][wkey(0.0)],
-                 "" if not soupable else " | k-shot soup %.2f%% oracle %.2f%% (mean over draws)" % (
+                 "" if not has_soup else " | k-shot soup %.2f%% oracle %.2f%% (mean over draws)" % (
                      100 * np.mean([r["kshot_soup"] for r in rec["adaptation"]]),
                      100 * np.mean([r["oracle_soup"] for r in rec["adaptation"]])))
-    out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "soupable": soupable,
+    out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "soupable": has_soup,
            "weights": weights, "k": job.shift.k, "draws": job.shift.draws,
-           "finetune": asdict(job.shift.finetune), "methods": list(METHODS) if soupable else ["clean_mode"],
+           "finetune": asdict(job.shift.finetune), "methods": list(METHODS) if has_soup else ["clean_mode"],
            "sets": records, "groups": summarise({n: r for n, r in records.items() if n != CLEAN})}
     write_json(job.out_file, out)
     avg = out["groups"].get(AVERAGE, {}).get("adaptation")

@@ -30,7 +30,8 @@ from ..logs import progress, setup_logging
 from ..robust.evaluate import load_run
 from ..runtime import runtime_from_env
 from .adapt import kshot_split, predict_batches, soup_draw
-from .evaluate import run_soupable, shift_weights, wkey
+from ..config import soupable
+from .evaluate import shift_weights, wkey
 from .imagenet import load_setting
 from .layout import RealShiftMissing, check_real_sets, class_indices, config_key, set_config, settings
 from .names import REAL_METHODS
@@ -73,7 +74,7 @@ def run_real_shift(job: RealShiftJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     log = setup_logging(job.run_dir / f"shift_{job.set_name}.log")
     model = load_run(job.run_dir, job.model, rt.device)
-    soupable = run_soupable(job.run)
+    has_soup = soupable(job.run)
     weights = shift_weights(job.run, job.evaluate.soup_weights)
     sub, real = set_config(job.shift, job.set_name), job.shift.real
     indices = class_indices(job.set_name)
@@ -82,7 +83,7 @@ def run_real_shift(job: RealShiftJob) -> Dict[str, Any]:
         data = load_setting(setting, job.model.img_size, entry["kind"] == "corruption", sub.subset, job.shift.seed)
         loader = torch.utils.data.DataLoader(data, batch_size=real.batch_size, shuffle=False,
                                              num_workers=real.workers, pin_memory=rt.device.type == "cuda")
-        if soupable and not 0 < job.shift.k < len(data):
+        if has_soup and not 0 < job.shift.k < len(data):
             raise ValueError(f"{key}: shift.k={job.shift.k} must leave evaluation images among its {len(data)}; "
                              f"lower shift.k or raise {config_key(job.set_name)}.subset")
         batches = progress(loader, desc=f"{job.run_id} {key}", total=len(loader))
@@ -90,18 +91,18 @@ def run_real_shift(job: RealShiftJob) -> Dict[str, Any]:
         folders = (data.dataset if isinstance(data, torch.utils.data.Subset) else data).classes
         rec = {**entry, "size": int(correct.shape[1]), "class_folders": len(folders),
                "acc": {wkey(w): round(float(c.mean()), 5) for w, c in zip(weights, correct)}}
-        if soupable:
+        if has_soup:
             rec["adaptation"] = _draws(correct, loss, weights, key, job.shift)
         records[key] = rec
         log.info("%s: %d images, clean mode %.2f%%%s", key, rec["size"], 100 * rec["acc"][wkey(0.0)],
-                 "" if not soupable else " | k-shot soup %.2f%% oracle soup %.2f%% (mean over draws)" % (
+                 "" if not has_soup else " | k-shot soup %.2f%% oracle soup %.2f%% (mean over draws)" % (
                      100 * np.mean([r["kshot_soup"] for r in rec["adaptation"]]),
                      100 * np.mean([r["oracle_soup"] for r in rec["adaptation"]])))
     images = sum(r["size"] for r in records.values())
-    out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "set": job.set_name, "soupable": soupable,
+    out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "set": job.set_name, "soupable": has_soup,
            "weights": weights, "k": job.shift.k, "draws": job.shift.draws, "subset": sub.subset,
            "classes": IMAGENET_CLASSES if indices is None else len(indices),
-           "methods": list(REAL_METHODS) if soupable else ["clean_mode"],
+           "methods": list(REAL_METHODS) if has_soup else ["clean_mode"],
            "cost": {"images": images, "forward_passes": images * len(weights)}, "sets": records}
     write_json(job.out_file, out)
     log.info("%s: %d images x %d weights = %d forward passes; wrote %s", job.set_name, images, len(weights),
