@@ -46,10 +46,13 @@ def blank(dc: Any, *unread: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    """JSON-able form of a slice; keys whose value is None are left out. None is what an unread key is blanked
+    to, and the default of an option that keeps the old behaviour: adding one to the schema changes no digest,
+    so upgrading advsoup recomputes nothing (tests/test_stages.py pins the digests)."""
     if is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
