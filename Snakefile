@@ -27,6 +27,6 @@ rule all:
     default_target: True
     input:
         rules.figures.output,
-        rules.shift_figure.output,
+        outputs(SHIFT_FIGURES),
         rules.adapters.output,
         rules.results_page.output,

@@ -20,11 +20,13 @@ TINY = EXPERIMENTS_DIR / "tiny.yaml"
 def test_every_stage_has_its_cli_command_rule_and_launcher_entry_from_the_registry_alone():
     cfg = load_config([TINY], ["launcher.executor=slurm"])
     run = "token-s0"
-    # the CLI: one subcommand per stage, --run exactly for the per-run stages
+    # the CLI: one subcommand per stage, --run exactly for the per-run stages, --set for the per-set ones
     parser = cli._parser()
     for name, st in stages.STAGES.items():
-        args = parser.parse_args([name, "--config", str(TINY)] + (["--run", run] if st.per_run else []))
+        args = parser.parse_args([name, "--config", str(TINY)] + (["--run", run] if st.per_run else [])
+                                 + (["--set", "imagenet_a"] if st.per_set else []))
         assert args.stage == name and (getattr(args, "run", None) == run) == st.per_run
+        assert (getattr(args, "set_key", None) == "imagenet_a") == st.per_set
     # Snakemake: one rule per stage, of the same name (plus the targets all and metrics)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     listed = subprocess.run([str(BIN / "snakemake"), "--list-rules", "-s", str(REPO_ROOT / "Snakefile"),
@@ -34,8 +36,9 @@ def test_every_stage_has_its_cli_command_rule_and_launcher_entry_from_the_regist
     # the launcher: every job stage's name and resources, rendered into its SLURM script
     for name in stages.JOB_STAGES:
         res = stages.resources(cfg, name)
-        jname = stages.job_name(cfg, name, run if stages.get(name).per_run else None)
-        assert jname.startswith(f"tiny-{name}")
+        jname = stages.job_name(cfg, name, run if stages.get(name).per_run else None,
+                                "imagenet_a" if stages.get(name).per_set else None)
+        assert jname.startswith(f"tiny-{name}") and jname.endswith("-imagenet_a") == stages.get(name).per_set
         script = slurm_script(cfg.launcher, res, jname, Path("/tmp/x"), stages.get(name).distributed)
         assert f"#SBATCH --job-name={jname}\n" in script and f"#SBATCH --cpus-per-task={res.cpus}\n" in script
     with pytest.raises(ConfigError, match="no job resources"):
@@ -45,15 +48,26 @@ def test_every_stage_has_its_cli_command_rule_and_launcher_entry_from_the_regist
 def test_a_stage_sees_only_its_slice_and_its_digest_follows_it():
     cfg = load_config([TINY])
     for name, st in stages.STAGES.items():
-        run = "token-s0" if st.per_run else None
-        assert stages.config_digest(cfg, name, run) == stages.config_digest(load_config([TINY]), name, run)
+        run, set_key = "token-s0" if st.per_run else None, "imagenet_c" if st.per_set else None
+        assert stages.config_digest(cfg, name, run, set_key) == stages.config_digest(load_config([TINY]), name, run,
+                                                                                     set_key)
     part = stages.config_slice(cfg, "shift", "token-s0")
     assert part["shift"].corruptions is None and part["shift"].k == cfg.shift.k  # unread: blanked
     edited = load_config([TINY], ["shift.k=5"])
-    changed = {n for n, st in stages.STAGES.items()
-               if stages.config_digest(cfg, n, "token-s0" if st.per_run else None)
-               != stages.config_digest(edited, n, "token-s0" if st.per_run else None)}
-    assert changed == {"shift", "shift_table", "shift_figure"}, changed
+    def changed(a, b, set_key="imagenet_c"):
+        return {n for n, st in stages.STAGES.items()
+                if stages.config_digest(a, n, "token-s0" if st.per_run else None, set_key if st.per_set else None)
+                != stages.config_digest(b, n, "token-s0" if st.per_run else None, set_key if st.per_set else None)}
+
+    assert changed(cfg, edited) == {"shift", "shift_table", "shift_figure", "shift_real"}
+    # a set's job reads that set's keys only: an ImageNet-C edit reruns its jobs, not ImageNet-A's
+    c_edit = load_config([TINY], ["shift.real.imagenet_c.subset=100"])
+    assert changed(cfg, c_edit) == {"shift_real"} and changed(cfg, c_edit, "imagenet_a") == set()
+    part = stages.config_slice(cfg, "shift_real", "token-s0", "imagenet_a")
+    assert part["shift"].real.imagenet_c is None and part["shift"].corruptions is None
+    assert part["evaluate"].soup_weights == cfg.evaluate.soup_weights and part["evaluate"].attack is None
+    with pytest.raises(ConfigError, match="needs a set"):
+        stages.config_slice(cfg, "shift_real", "token-s0")
     with pytest.raises(ConfigError, match="needs a run id"):
         stages.config_slice(cfg, "train")
 

@@ -15,6 +15,7 @@ import uuid
 from typing import List, Optional
 
 from .config import ConfigError, Paths, load_config, run_ids, split_run_id
+from .shift.names import REAL_SET_KEYS
 from .stages import STAGES
 
 OVERRIDES_ENV = "ADVSOUP_OVERRIDES"
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="experiment file(s), merged over params/defaults.yaml in order")
         if name in STAGES and STAGES[name].per_run:
             sp.add_argument("--run", required=True, help="run id '<run>-s<seed>' (see `advsoup runs`)")
+        if name in STAGES and STAGES[name].per_set:
+            sp.add_argument("--set", required=True, dest="set_key", choices=list(REAL_SET_KEYS),
+                            help="the published shifted ImageNet set (configured by shift.imagenet_root or "
+                                 "shift.real.<set>.root)")
         if name in ("train", "shift_reference"):
             sp.add_argument("--restart", action="store_true",
                             help="discard the run's training state (e.g. a damaged one) and train from scratch")
@@ -71,6 +76,12 @@ def _dispatch(args: argparse.Namespace) -> None:
     if run_id:
         split_run_id(cfg, run_id)
     options = {}
+    set_key = getattr(args, "set_key", None)
+    if set_key is not None:
+        if set_key not in stages.real_shift_sets(cfg):
+            raise ConfigError(f"--set {set_key}: the set is not configured (enabled, with shift.imagenet_root or "
+                              f"shift.real.{set_key}.root set); configured: {stages.real_shift_sets(cfg) or 'none'}")
+        options["set_key"] = set_key
     if args.stage in ("train", "shift_reference"):
         # A restart is one token, made here: the job's requeues resume the state saved under it.
         options["restart"] = uuid.uuid4().hex if args.restart else False

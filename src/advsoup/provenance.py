@@ -43,7 +43,7 @@ def _stages():
     return stages
 
 
-def record_file(paths: Paths, stage: str, run_id: Optional[str]) -> Optional[Path]:
+def record_file(paths: Paths, stage: str, run_id: Optional[str], set_key: Optional[str] = None) -> Optional[Path]:
     """The file holding a stage's provenance (None: the stage records none, e.g. figures)."""
     return {
         "train": lambda: paths.checkpoint_record(run_id),
@@ -51,17 +51,19 @@ def record_file(paths: Paths, stage: str, run_id: Optional[str]) -> Optional[Pat
         "soups": lambda: paths.soup_file(run_id),
         "robustness": lambda: paths.robustness_file(run_id),
         "shift": lambda: paths.shift_file(run_id),
+        "shift_real": lambda: paths.real_shift_file(run_id, set_key),
         "shift_reference": lambda: paths.shift_reference / "checkpoint.json",
         "shift_hard": lambda: paths.shift_hard / "provenance.json",
         "shift_suite": lambda: paths.shift_suite / "provenance.json",
         "aggregate": lambda: paths.summary,
         "shift_table": lambda: paths.shift_summary,
+        "shift_real_table": lambda: paths.real_shift_summary,
         "adapters": lambda: paths.parameters_summary,
     }.get(stage, lambda: None)()
 
 
 # The stages whose checkpoint a stage loads: their weights' sha256 is part of its record.
-CHECKPOINT_OF = {"evaluate": "train", "soups": "train", "robustness": "train", "shift": "train",
+CHECKPOINT_OF = {"evaluate": "train", "soups": "train", "robustness": "train", "shift": "train", "shift_real": "train",
                  "shift_hard": "shift_reference"}
 
 
@@ -78,7 +80,7 @@ def current_weights_sha(paths: Paths, stage: str, run_id: Optional[str]) -> Opti
     return json.loads(meta.read_text()).get("weights_sha256") if meta.is_file() else None
 
 
-def expected(cfg: Config, stage: str, run_id: Optional[str]) -> Dict[str, Any]:
+def expected(cfg: Config, stage: str, run_id: Optional[str], set_key: Optional[str] = None) -> Dict[str, Any]:
     """What a record of ``stage`` must say to be current under this config."""
     st = _stages()
     s = st.get(stage)
@@ -87,13 +89,13 @@ def expected(cfg: Config, stage: str, run_id: Optional[str]) -> Dict[str, Any]:
         if st.get(up).per_run and not s.per_run:
             continue  # a report over every run: its inputs are the runs' records themselves
         upstream[up] = st.config_digest(cfg, up, run_id if st.get(up).per_run else None)
-    return {"stage": stage, "run": run_id, "config_digest": st.config_digest(cfg, stage, run_id),
-            "upstream": upstream}
+    return {"stage": stage, "run": run_id, **({"set": set_key} if set_key else {}),
+            "config_digest": st.config_digest(cfg, stage, run_id, set_key), "upstream": upstream}
 
 
-def record(cfg: Config, stage: str, run_id: Optional[str], checkpoints: Optional[Dict[str, str]] = None
-           ) -> Dict[str, Any]:
-    return {**expected(cfg, stage, run_id), "checkpoints": dict(checkpoints or {})}
+def record(cfg: Config, stage: str, run_id: Optional[str], checkpoints: Optional[Dict[str, str]] = None,
+           set_key: Optional[str] = None) -> Dict[str, Any]:
+    return {**expected(cfg, stage, run_id, set_key), "checkpoints": dict(checkpoints or {})}
 
 
 def loaded_checkpoints(cfg: Config, stage: str, run_id: Optional[str]) -> Dict[str, str]:
@@ -111,10 +113,10 @@ def add_to(path: Path, prov: Dict[str, Any]) -> None:
     write_json(path, {**data, KEY: prov})
 
 
-def stale_reason(cfg: Config, stage: str, run_id: Optional[str]) -> Optional[str]:
+def stale_reason(cfg: Config, stage: str, run_id: Optional[str], set_key: Optional[str] = None) -> Optional[str]:
     """Why the stage's existing record does not hold under this config, or None (current, or nothing yet)."""
     paths = Paths(cfg)
-    rec = record_file(paths, stage, run_id)
+    rec = record_file(paths, stage, run_id, set_key)
     if rec is None or not rec.is_file():
         return None
     try:
@@ -123,7 +125,7 @@ def stale_reason(cfg: Config, stage: str, run_id: Optional[str]) -> Optional[str
         return f"{rec} is not valid JSON"
     if not got:
         return f"{rec} records no provenance (written before provenance records)"
-    want = expected(cfg, stage, run_id)
+    want = expected(cfg, stage, run_id, set_key)
     if got.get("config_digest") != want["config_digest"]:
         return f"{rec} was computed from another config of stage '{stage}' (its params changed)"
     for up, digest in want["upstream"].items():
@@ -136,16 +138,17 @@ def stale_reason(cfg: Config, stage: str, run_id: Optional[str]) -> Optional[str
     return None
 
 
-def stamp(cfg: Config, stage: str, run_id: Optional[str] = None) -> str:
+def stamp(cfg: Config, stage: str, run_id: Optional[str] = None, set_key: Optional[str] = None) -> str:
     """The job's currency stamp (see the module doc), set now; its path, for the rule's input."""
-    path = Paths(cfg).logs / "currency" / "-".join([stage] + ([run_id] if run_id else []))
+    path = Paths(cfg).logs / "currency" / "-".join([stage] + ([run_id] if run_id else []) + ([set_key] if set_key else []))
     path.parent.mkdir(parents=True, exist_ok=True)
-    reason = stale_reason(cfg, stage, run_id)
+    reason = stale_reason(cfg, stage, run_id, set_key)
     text = f"stale: {reason}\n" if reason else "current\n"
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
     if reason:
-        print(f"advsoup: {stage}{' ' + run_id if run_id else ''} reruns: {reason}", file=sys.stderr)
+        print(f"advsoup: {stage}{' ' + run_id if run_id else ''}{' ' + set_key if set_key else ''} reruns: {reason}",
+              file=sys.stderr)
         os.utime(path)
     else:
         os.utime(path, AGED)

@@ -22,10 +22,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import (Config, ConfigError, Paths, ResourcesConfig, grid_run_ids, grid_soup_run_ids,
                      shift_reference_run, split_run_id)
+from .shift.names import REAL_SET_KEYS
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Stage:
     job: bool = False          # runs as a submitit job (local process or SLURM), else in the calling process
     distributed: bool = False  # one task per GPU (launcher.resources.<name>.gpus or .tasks)
     upstream: Tuple[str, ...] = ()  # stages whose outputs it reads: their digests are part of its provenance
+    per_set: bool = False      # also takes --set <set> (a published shifted ImageNet set: imagenet_c, ...); its
+    #                            reads then takes (cfg, run_id, set_key)
 
 
 def blank(dc: Any, *unread: str) -> Any:
@@ -132,6 +135,48 @@ def _reads_shift_report(cfg, run_id):
                                              "imagenet_root", "finetune", "real")}
 
 
+def _reads_shift_real(cfg, run_id, set_key):
+    """One set's keys only (an ImageNet-C edit reruns no ImageNet-A job); shift.imagenet_root only if the set
+    has no root of its own; of evaluate, the soup weights and the threads (advsoup.shift.real.RealShiftJob)."""
+    own = getattr(cfg.shift.real, set_key)
+    real = blank(cfg.shift.real, *(k for k in REAL_SET_KEYS if k != set_key))
+    shift = blank(cfg.shift, "dir", "subset", "corruptions", "severities", "sketch", "hard", "finetune",
+                  *(("imagenet_root",) if own.root else ()))
+    evaluate = blank(cfg.evaluate, *(f.name for f in fields(cfg.evaluate) if f.name not in ("soup_weights", "threads")))
+    return {**_run_slice(cfg, run_id), "set": set_key, "model": cfg.model, "evaluate": evaluate,
+            "shift": replace(shift, real=real)}
+
+
+def _reads_shift_real_report(cfg, run_id):
+    return {"runs": cfg.runs, "sets": real_shift_sets(cfg)}
+
+
+# ---- which shift study an experiment's DAG holds (the rules ask these; torch-free) ----------------
+
+def real_shift_sets(cfg: Config) -> List[str]:
+    """The published shifted ImageNet sets this experiment scores, by key (imagenet_c, imagenet_a, imagenet_r,
+    imagenet_sketch): every set enabled with a root (its own, or under shift.imagenet_root); the others are
+    skipped. The DAG's `set` wildcard values; preflight has checked their layout."""
+    from .shift.layout import real_set_folders
+
+    keys = {name: key for key, name in REAL_SET_KEYS.items()}
+    return [keys[name] for name in real_set_folders(cfg.shift)]
+
+
+def synthetic_shifts(cfg: Config) -> bool:
+    """Whether the synthetic shift study (shift_suite, shift_reference, shift_hard, shift and their report) is in
+    the DAG: for datasets held as arrays (Fashion-MNIST, CIFAR). A dataset read from files (ImageNet) is too large
+    for a suite held in memory: its shift study is the real sets (:func:`real_shift_sets`)."""
+    from .data.registry import kind
+
+    return kind(cfg.data.name) == "arrays"
+
+
+def shift_figure_stages(cfg: Config) -> List[str]:
+    """The shift study's figure stages in this experiment's DAG: the targets of `rule all` and the results page."""
+    return (["shift_figure"] if synthetic_shifts(cfg) else []) + (["shift_real_figure"] if real_shift_sets(cfg) else [])
+
+
 # ---- what each stage runs (thin: build the job from the slice and the paths, call the module) ----
 
 def _prepare(s, paths, run_id):
@@ -206,8 +251,20 @@ def _adapters(s, paths, run_id):
           f"(the paper: {check['paper_token_vs_dual_norm']}x fewer)")
 
 
+def _synthetic_only(data, stage):
+    from .data.registry import kind
+
+    if kind(data.name) != "arrays":
+        raise ConfigError(f"{stage} is part of the synthetic shift study, made for datasets held as arrays; "
+                          f"data.name={data.name} is read from files: its shift study is the published sets "
+                          f"(`advsoup shift_real`, configured by shift.imagenet_root or shift.real.<set>.root)")
+
+
 def _shift_suite(s, paths, run_id):
     from .shift.suite import SuiteJob, run_suite
+
+    _synthetic_only(s.data, "shift_suite")
+
 
     run_suite(SuiteJob(paths.prepared, paths.shift_suite, s.shift))
 
@@ -215,6 +272,7 @@ def _shift_suite(s, paths, run_id):
 def _shift_reference(s, paths, run_id, restart=False, restart_command=None):
     from .train import TrainJob, train
 
+    _synthetic_only(s.data, "shift_reference")
     train(TrainJob("shift_reference", s.run, s.seed, s.data, s.model, s.train, paths.prepared,
                    paths.shift_reference, paths.shift_reference / "train_log.csv"), restart=restart,
           restart_command=restart_command)
@@ -223,6 +281,7 @@ def _shift_reference(s, paths, run_id, restart=False, restart_command=None):
 def _shift_hard(s, paths, run_id):
     from .shift.evaluate import HardJob, build_hard_subset
 
+    _synthetic_only(s.data, "shift_hard")
     build_hard_subset(HardJob(paths.prepared, paths.shift_reference, s.model, s.hard, s.seed, s.batch_size,
                               paths.shift_hard))
 
@@ -255,6 +314,40 @@ def _shift_figure(s, paths, run_id):
     from .report.shift_tables import shift_figure
 
     print(f"wrote {shift_figure(paths.tables, paths.shift_summary, paths.figures / 'shift.png')}")
+
+
+def _shift_real(s, paths, run_id):
+    from .shift.real import RealShiftJob, run_real_shift
+
+    run_real_shift(RealShiftJob(run_id, s.run, s.seed, s.model, s.evaluate, s.shift, REAL_SET_KEYS[s.set],
+                                paths.run_dir(run_id), paths.real_shift_file(run_id, s.set)))
+
+
+def _shift_real_files(s, paths):
+    if not s.sets:
+        raise ConfigError("no published shifted ImageNet set is configured: set shift.imagenet_root, or "
+                          "shift.real.<set>.root for each set you have (README, \"Real distribution shifts\")")
+    return [paths.real_shift_file(r, k) for r in grid_run_ids(s.runs) for k in s.sets]
+
+
+def _shift_real_table(s, paths, run_id):
+    from .provenance import check_current
+    from .report.real_shifts import real_shift_tables
+
+    for r in grid_run_ids(s.runs):
+        for k in s.sets:
+            check_current(paths.real_shift_file(r, k), paths.cfg, "shift_real", r)
+    summary = real_shift_tables(_shift_real_files(s, paths), paths.tables, paths.real_shift_summary,
+                                paths.cfg.experiment)
+    print(f"wrote {paths.tables}/shift_real.csv, shift_real_draws.csv, shift_real_paper.csv and "
+          f"{paths.real_shift_summary} (ImageNet-C: {summary['imagenet_c_normalisation']})")
+
+
+def _shift_real_figure(s, paths, run_id):
+    from .report.real_shifts import real_shift_figure
+
+    _shift_real_files(s, paths)
+    print(f"wrote {real_shift_figure(paths.tables, paths.figures / 'shift_real.png')}")
 
 
 def _results_page(s, paths, run_id):
@@ -291,8 +384,16 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           _reads_shift_report, _shift_table, upstream=("shift",)),
     Stage("shift_figure", "draw the shift figure from the shift tables", _reads_shift_report, _shift_figure,
           upstream=("shift_table",)),
+    Stage("shift_real", "accuracy of one run at every soup weight on one published shifted ImageNet set (--set), "
+          "the k-shot and the oracle soup", _reads_shift_real, _shift_real, per_run=True, job=True,
+          upstream=("train",), per_set=True),
+    Stage("shift_real_table", "collect the shift_real metric files into the paper's table (ImageNet-C mCE, top-1 "
+          "of -A, -R, -Sketch), the curves and a summary", _reads_shift_real_report, _shift_real_table,
+          upstream=("shift_real",)),
+    Stage("shift_real_figure", "draw accuracy against soup weight per published shifted ImageNet set",
+          _reads_shift_real_report, _shift_real_figure, upstream=("shift_real_table",)),
     Stage("results_page", "write the experiment's results page (docs/results/<experiment>.md) from its report",
-          _reads_report, _results_page, upstream=("aggregate", "shift_table")),
+          _reads_report, _results_page, upstream=("aggregate", "shift_table", "shift_real_table")),
 )}
 JOB_STAGES = tuple(name for name, s in STAGES.items() if s.job)
 
@@ -303,16 +404,21 @@ def get(name: str) -> Stage:
     return STAGES[name]
 
 
-def config_slice(cfg: Config, name: str, run_id: Optional[str] = None) -> Dict[str, Any]:
+def config_slice(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[str] = None
+                 ) -> Dict[str, Any]:
     stage = get(name)
     if stage.per_run and run_id is None:
         raise ConfigError(f"stage '{name}' needs a run id (--run <run>-s<seed>; see `advsoup runs`)")
-    return stage.reads(cfg, run_id if stage.per_run else None)
+    if not stage.per_set:
+        return stage.reads(cfg, run_id if stage.per_run else None)
+    if set_key not in REAL_SET_KEYS:
+        raise ConfigError(f"stage '{name}' needs a set (--set one of {', '.join(REAL_SET_KEYS)}); got {set_key!r}")
+    return stage.reads(cfg, run_id if stage.per_run else None, set_key)
 
 
-def config_digest(cfg: Config, name: str, run_id: Optional[str] = None) -> str:
+def config_digest(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[str] = None) -> str:
     """sha256 of the stage's config slice: the rule's params and the digest its outputs record."""
-    text = json.dumps(_plain(config_slice(cfg, name, run_id)), sort_keys=True)
+    text = json.dumps(_plain(config_slice(cfg, name, run_id, set_key)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -323,12 +429,12 @@ def resources(cfg: Config, name: str) -> ResourcesConfig:
     return cfg.launcher.resources[name]
 
 
-def job_name(cfg: Config, name: str, run_id: Optional[str] = None) -> str:
-    """The job's name on the cluster and in logs: <experiment>-<stage>[-<run>]."""
-    return "-".join([cfg.experiment, name] + ([run_id] if run_id else []))
+def job_name(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[str] = None) -> str:
+    """The job's name on the cluster and in logs: <experiment>-<stage>[-<run>][-<set>]."""
+    return "-".join([cfg.experiment, name] + ([run_id] if run_id else []) + ([set_key] if set_key else []))
 
 
-def run(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) -> None:
+def run(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[str] = None, **options: Any) -> None:
     """The stage in this process, on its slice of the config; its record then says what it was computed from."""
     from . import provenance as prov
 
@@ -340,11 +446,11 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) ->
             raise ValueError(f"{name} {run_id or ''}: refusing the checkpoint: {reason}; retrain it first "
                              f"(`advsoup {src} ...`, or `snakemake`, which reruns it)")
     loaded = prov.loaded_checkpoints(cfg, name, run_id)
-    stage.run(SimpleNamespace(**config_slice(cfg, name, run_id)), paths, run_id, **options)
-    rec = prov.record_file(paths, name, run_id)
+    stage.run(SimpleNamespace(**config_slice(cfg, name, run_id, set_key)), paths, run_id, **options)
+    rec = prov.record_file(paths, name, run_id, set_key)
     if rec is None or not _main_task():
         return
-    provenance = prov.record(cfg, name, run_id, loaded)
+    provenance = prov.record(cfg, name, run_id, loaded, set_key)
     if name in ("train", "shift_reference"):  # the shareable record of the run's current weights
         meta = json.loads((prov.weights_dir(paths, name, run_id) / "model.json").read_text())
         from .atomic import write_json
@@ -369,12 +475,15 @@ def run_request(request: tuple) -> None:
     run(cfg, name, run_id, **options)
 
 
-def submit(cfg: Config, name: str, run_id: Optional[str] = None, **options: Any) -> None:
+def submit(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[str] = None,
+           **options: Any) -> None:
     """Run the stage as a job of ``launcher.executor`` with its own resources, and wait for it."""
     from .launch import submit as launch
 
     stage, paths = get(name), Paths(cfg)
     inline = replace(cfg, launcher=replace(cfg.launcher, executor="inline"))
-    jname = job_name(cfg, name, run_id)
+    jname = job_name(cfg, name, run_id, set_key)
+    if set_key is not None:
+        options = {**options, "set_key": set_key}
     launch(run_request, (inline, name, run_id, options), cfg.launcher, resources(cfg, name), jname,
            paths.logs / "jobs" / jname.removeprefix(f"{cfg.experiment}-"), stage.distributed)

@@ -22,6 +22,7 @@ from advsoup import provenance, stages
 from advsoup.cli import OVERRIDES_ENV
 from advsoup.config import ConfigError, Paths, dotlist, load_config, run_ids, soup_run_ids
 from advsoup.config.preflight import preflight
+from advsoup.shift.names import REAL_SET_KEYS
 
 # The experiment file(s) given with --configfile; the demo by default.
 EXPERIMENT_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params/experiments/demo.yaml"]
@@ -37,6 +38,11 @@ except ConfigError as exc:
 PATHS = Paths(CFG)
 RUNS = run_ids(CFG)
 SOUP_RUNS = soup_run_ids(CFG)
+# The shift study (advsoup.stages decides): the synthetic suite for datasets held as arrays, the published
+# shifted ImageNet sets that are configured (the others are skipped; preflight checked these).
+SHIFT_RUNS = RUNS if stages.synthetic_shifts(CFG) else []
+REAL_SHIFT_SETS = stages.real_shift_sets(CFG)
+SHIFT_FIGURES = stages.shift_figure_stages(CFG)
 LOGS = PATHS.logs
 ADVSOUP = " ".join(["advsoup {stage}"] + [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES])
 # The jobs get the overrides through the environment, not their command line: a
@@ -46,17 +52,18 @@ os.environ[OVERRIDES_ENV] = json.dumps(OVERRIDES)
 
 wildcard_constraints:
     run="|".join(RUNS),
+    set="|".join(REAL_SET_KEYS),
 
 
-def advsoup(stage, run=False):
+def advsoup(stage, run=False, set=False):
     """The shell command of a stage: the same entry point the user, DVC and tests call."""
-    cmd = ADVSOUP.format(stage=stage) + (" --run {wildcards.run}" if run else "")
+    cmd = ADVSOUP.format(stage=stage) + (" --run {wildcards.run}" if run else "") + (" --set {wildcards.set}" if set else "")
     return f"{cmd} > {{log}} 2>&1"
 
 
 def sub_config(stage):
     """The rule's params: the digest of the config slice its stage reads (advsoup.stages)."""
-    return lambda wc: stages.config_digest(CFG, stage, getattr(wc, "run", None))
+    return lambda wc: stages.config_digest(CFG, stage, getattr(wc, "run", None), getattr(wc, "set", None))
 
 
 def threads(stage):
@@ -69,7 +76,7 @@ def mem_mb(stage):
 
 def currency(stage):
     """The job's currency stamp (see above)."""
-    return lambda wc: provenance.stamp(CFG, stage, getattr(wc, "run", None))
+    return lambda wc: provenance.stamp(CFG, stage, getattr(wc, "run", None), getattr(wc, "set", None))
 
 
 def aged(pattern):
@@ -77,10 +84,19 @@ def aged(pattern):
     return lambda wc: provenance.aged(Path(str(pattern).format(**dict(wc.items()))))
 
 
-def log(stage, run=False):
-    return LOGS / (f"{stage}-{{run}}.log" if run else f"{stage}.log")
+def _job(stage, run, set):
+    return "-".join([stage] + (["{run}"] if run else []) + (["{set}"] if set else []))
 
 
-def benchmark(stage, run=False):
+def log(stage, run=False, set=False):
+    return LOGS / f"{_job(stage, run, set)}.log"
+
+
+def benchmark(stage, run=False, set=False):
     """Wall time, memory and CPU time of the job (one TSV per job; `make demo` prints them)."""
-    return LOGS / "benchmarks" / (f"{stage}-{{run}}.tsv" if run else f"{stage}.tsv")
+    return LOGS / "benchmarks" / f"{_job(stage, run, set)}.tsv"
+
+
+def outputs(names):
+    """The outputs of the named rules (rules defined by then), e.g. outputs(SHIFT_FIGURES) in `rule all`."""
+    return [str(f) for name in names for f in getattr(rules, name).output]

@@ -54,14 +54,15 @@ rule metrics:
         rules.aggregate.input.soups,
         rules.aggregate.input.robustness,
         rules.aggregate.input.records,
-        expand(rules.shift.output.metrics, run=RUNS),
+        expand(rules.shift.output.metrics, run=SHIFT_RUNS),
+        expand(rules.shift_real.output.metrics, run=RUNS, set=REAL_SHIFT_SETS),
 
 
 rule results_page:
     # docs/results/<experiment>.md: the report's tables and figures, with date, commit and checkpoints.
     input:
         rules.figures.output,
-        rules.shift_figure.output,
+        outputs(SHIFT_FIGURES),
         rules.aggregate.output.adapters,
     output:
         page=PATHS.results_page,

@@ -1,8 +1,14 @@
-# Distribution shifts: the suite (a data stage), the hard subset's reference model and subset,
-# every run on every shift, and the shift table and figure (inputs as documented in common.smk).
+# Distribution shifts (inputs as documented in common.smk). Two studies, chosen by advsoup.stages
+# (SHIFT_RUNS, REAL_SHIFT_SETS, SHIFT_FIGURES in common.smk):
+# - synthetic, for datasets held as arrays: the suite (a data stage), the hard subset's reference
+#   model and subset, every run on every shift, the shift table and figure;
+# - the published shifted ImageNet sets that are configured (ImageNet-C, -A, -R, -Sketch): every run
+#   on every set, one job each, and their table and figure.
 localrules:
     shift_table,
     shift_figure,
+    shift_real_table,
+    shift_real_figure,
 
 
 rule shift_suite:
@@ -93,8 +99,8 @@ rule shift:
 
 rule shift_table:
     input:
-        expand(rules.shift.output.metrics, run=RUNS),
-        records=expand(rules.train.output.record, run=RUNS),
+        expand(rules.shift.output.metrics, run=SHIFT_RUNS),
+        records=expand(rules.train.output.record, run=SHIFT_RUNS),
         currency=currency("shift_table"),
     output:
         table=PATHS.tables / "shift.csv",
@@ -120,3 +126,55 @@ rule shift_figure:
         log("shift_figure"),
     shell:
         advsoup("shift_figure")
+
+
+rule shift_real:
+    input:
+        weights=ancient(rules.train.output.weights),
+        meta=ancient(rules.train.output.meta),
+        checkpoint=aged(rules.train.output.record),
+        currency=currency("shift_real"),
+    output:
+        metrics=PATHS.real_shift_file("{run}", "{set}"),
+    params:
+        cfg=sub_config("shift_real"),
+    threads: threads("shift_real")
+    resources:
+        mem_mb=mem_mb("shift_real"),
+    log:
+        log("shift_real", run=True, set=True),
+    benchmark:
+        benchmark("shift_real", run=True, set=True)
+    shell:
+        advsoup("shift_real", run=True, set=True)
+
+
+rule shift_real_table:
+    input:
+        expand(rules.shift_real.output.metrics, run=RUNS, set=REAL_SHIFT_SETS),
+        records=expand(rules.train.output.record, run=RUNS),
+        currency=currency("shift_real_table"),
+    output:
+        table=PATHS.tables / "shift_real.csv",
+        draws=PATHS.tables / "shift_real_draws.csv",
+        paper=PATHS.tables / "shift_real_paper.csv",
+        summary=PATHS.real_shift_summary,
+    params:
+        cfg=sub_config("shift_real_table"),
+    log:
+        log("shift_real_table"),
+    shell:
+        advsoup("shift_real_table")
+
+
+rule shift_real_figure:
+    input:
+        rules.shift_real_table.output,
+    output:
+        figure=PATHS.figures / "shift_real.png",
+    params:
+        cfg=sub_config("shift_real_figure"),
+    log:
+        log("shift_real_figure"),
+    shell:
+        advsoup("shift_real_figure")

@@ -99,6 +99,10 @@ class Paths:
     def shift_file(self, run_id: str) -> Path:
         return self.metrics_dir(run_id) / "shift.json"
 
+    def real_shift_file(self, run_id: str, set_key: str) -> Path:
+        """One run on one published shifted ImageNet set (set_key: imagenet_c, imagenet_a, ...)."""
+        return self.metrics_dir(run_id) / f"shift_{set_key}.json"
+
     @property
     def report(self) -> Path:
         """Summaries, tables, figures and parameter accounting of this experiment."""
@@ -111,6 +115,10 @@ class Paths:
     @property
     def shift_summary(self) -> Path:
         return self.report / "shift_summary.json"
+
+    @property
+    def real_shift_summary(self) -> Path:
+        return self.report / "shift_real_summary.json"
 
     @property
     def tables(self) -> Path:

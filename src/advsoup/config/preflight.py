@@ -87,6 +87,10 @@ def _check_real_shifts(cfg: Config, source: str) -> None:
     from ..shift.layout import RealShiftMissing, check_real_sets
 
     try:
-        check_real_sets(cfg.shift)
+        folders = check_real_sets(cfg.shift)
     except RealShiftMissing as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    _check(not folders or cfg.model.num_classes == 1000, source, "model.num_classes",
+           f"{cfg.model.num_classes}: the published shifted ImageNet sets configured ({', '.join(folders)}) score "
+           f"1000-way ImageNet models; leave them out (shift.imagenet_root: '' and no shift.real.<set>.root) for "
+           f"an experiment on another dataset")

@@ -103,3 +103,14 @@ def write_page(paths: Paths, page: Path) -> Path:
                   markdown_table(pd.DataFrame(rows)), ""]
     write_text(page, "\n".join(parts))
     return page
+    real = paths.tables / "shift_real_paper.csv"
+    if paths.real_shift_summary.is_file() and real.is_file():
+        summary_real = json.loads(paths.real_shift_summary.read_text())
+        parts += ["## Real distribution shifts: the paper's table (mean and std over seeds x draws)", "",
+                  f"ImageNet-C: {summary_real['imagenet_c_normalisation']} (lower is better); ImageNet-A, -R and "
+                  f"-Sketch: top-1 in %. Images scored per set: "
+                  + ", ".join(f"{k} {v:,}" for k, v in summary_real["images"].items()) + ".", "",
+                  markdown_table(pd.read_csv(real)), ""]
+        fig = paths.figures / "shift_real.png"
+        if fig.is_file():
+            parts += [f"![Real distribution shifts]({_link(page, fig)})", ""]

@@ -84,6 +84,8 @@ def real_set_folders(shift: ShiftConfig) -> Dict[str, Path]:
     out = {}
     for name in REAL_SETS:
         sub = set_config(shift, name)
+        if sub is None:  # blanked: outside the config slice of a job that scores another set
+            continue
         if sub.enabled and (sub.root or shift.imagenet_root):
             out[name] = Path(sub.root) if sub.root else Path(shift.imagenet_root) / FOLDERS[name]
     return out

@@ -8,3 +8,5 @@ MEAN_CORRUPTION = "mean_corruption"
 REAL_SETS = ("imagenet-c", "imagenet-a", "imagenet-r", "imagenet-sketch")
 # How a run is scored on a real set: the soups only (fine-tuning on k is not run at that scale).
 REAL_METHODS = ("clean_mode", "robust_mode", "kshot_soup", "oracle_soup")
+# The same sets by their config keys (shift.real.<key>): the `--set` option, the DAG's `set` wildcard, file names.
+REAL_SET_KEYS = {name.replace("-", "_"): name for name in REAL_SETS}
