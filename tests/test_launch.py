@@ -28,6 +28,20 @@ def crash(message: str) -> None:
     raise ValueError(message)
 
 
+def torch_threads(threads: int) -> int:
+    from advsoup.runtime import runtime_from_env
+    runtime_from_env(threads)
+    return torch.get_num_threads()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell 1 thread from all")
+def test_a_local_job_runs_as_many_threads_as_its_stage_has_cpus(tmp_path):
+    # The local executor has no cpus option: without the launcher's hint every job took one thread per core.
+    assert launch.submit(torch_threads, 0, LOCAL, ResourcesConfig(cpus=1), "threads", tmp_path, echo=quiet) == 1
+    assert launch.submit(torch_threads, 0, LOCAL, ResourcesConfig(cpus=2), "threads", tmp_path, echo=quiet) == 2
+    assert launch.submit(torch_threads, 2, LOCAL, ResourcesConfig(cpus=1), "threads", tmp_path, echo=quiet) == 2
+
+
 def test_a_crash_in_the_job_raises_with_its_log_tail(tmp_path):
     with pytest.raises(launch.LaunchError) as exc:
         launch.submit(crash, "train.lr is not a number", LOCAL, ResourcesConfig(cpus=1), "crash", tmp_path, echo=quiet)

@@ -27,6 +27,8 @@ from submitit.helpers import DelayedSubmission
 from .config import LauncherConfig, ResourcesConfig
 from .runlock import process_alive, start_ticks
 
+JOB_CPUS_ENV = "ADVSOUP_JOB_CPUS"  # a local job's launcher.resources.<stage>.cpus (see Task)
+
 # Seconds between SLURM's warning signal and its time limit: enough to finish a step and save.
 SIGNAL_DELAY_S = 120
 # Ask SLURM for the state at least this often (submitit alone may wait 10 min to notice a job killed hard).
@@ -62,19 +64,24 @@ class Task:
     """A picklable call ``fn(job)`` that submitit requeues instead of losing on preemption.
 
     ``submitter``: (pid, start time) of the process a local job must not outlive (see watch_submitter).
+    ``cpus``: the CPUs per task a local job was given (SLURM says it to its jobs itself: SLURM_CPUS_PER_TASK);
+    ``runtime.set_threads`` reads it, so two one-CPU local jobs do not each start one thread per core.
     """
 
-    def __init__(self, fn: Callable[[Any], Any], job: Any, submitter: Optional[Tuple[int, str]] = None) -> None:
-        self.fn, self.job, self.submitter = fn, job, submitter
+    def __init__(self, fn: Callable[[Any], Any], job: Any, submitter: Optional[Tuple[int, str]] = None,
+                 cpus: int = 0) -> None:
+        self.fn, self.job, self.submitter, self.cpus = fn, job, submitter, cpus
 
     def __call__(self) -> Any:
         if self.submitter is not None:
             watch_submitter(*self.submitter)
+        if self.cpus:
+            os.environ[JOB_CPUS_ENV] = str(self.cpus)
         return self.fn(self.job)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         # The state lives in the job's files (training saves it on the signal), not in this object.
-        return DelayedSubmission(Task(self.fn, self.job, self.submitter))
+        return DelayedSubmission(Task(self.fn, self.job, self.submitter, self.cpus))
 
 
 def tasks_per_node(res: ResourcesConfig, distributed: bool) -> int:
@@ -153,8 +160,9 @@ def start(fn: Callable[[Any], Any], job: Any, cfg: LauncherConfig, res: Resource
           folder: Path, distributed: bool = False, echo: Callable[[str], None] = print) -> submitit.Job:
     """Submit ``fn(job)``; ``folder`` (one sub-folder per job id) must be on a file system the nodes share."""
     # A local job runs on this machine and must die with this process; a SLURM job belongs to SLURM.
-    submitter = (os.getpid(), start_ticks(os.getpid())) if cfg.executor == "local" else None
-    sub = executor_for(cfg, res, name, folder, distributed).submit(Task(fn, job, submitter))
+    local = cfg.executor == "local"
+    submitter = (os.getpid(), start_ticks(os.getpid())) if local else None
+    sub = executor_for(cfg, res, name, folder, distributed).submit(Task(fn, job, submitter, res.cpus if local else 0))
     echo(f"submitted {name} as {cfg.executor} job {sub.job_id}; log: {sub.paths.stderr}")
     return sub
 

@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, NoReturn, Optional
 import torch
 import torch.distributed as dist
 
+from .launch import JOB_CPUS_ENV
+
 log = logging.getLogger("advsoup")
 
 
@@ -118,8 +120,10 @@ class Runtime:
 
 
 def set_threads(threads: int, tasks_on_node: int = 1) -> None:
-    """torch threads: the configured number, else the CPUs this task was given."""
-    n = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0)) // tasks_on_node
+    """torch threads: the configured number, else the CPUs this task was given (by SLURM or the local launcher),
+    else the cores it may run on, shared by the node's tasks."""
+    n = (threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or int(os.environ.get(JOB_CPUS_ENV, 0))
+         or len(os.sched_getaffinity(0)) // tasks_on_node)
     torch.set_num_threads(max(1, n))
 
 
