@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/regime.smk"
 include: "workflow/rules/soups.smk"
 include: "workflow/rules/robustness.smk"
 include: "workflow/rules/shift.smk"
@@ -26,7 +27,5 @@ include: "workflow/rules/adapters.smk"
 rule all:
     default_target: True
     input:
-        rules.figures.output,
-        outputs(SHIFT_FIGURES),
-        rules.adapters.output,
+        outputs(REPORT_TARGETS),  # report.targets: by default figures, the shift figures and adapters
         rules.results_page.output,

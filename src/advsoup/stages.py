@@ -65,14 +65,18 @@ def _run_slice(cfg: Config, run_id: Optional[str]) -> Dict[str, Any]:
     if run_id is None:
         raise ConfigError("this stage needs a run id (--run <run>-s<seed>; see `advsoup runs`)")
     _, run, seed = split_run_id(cfg, run_id)
-    return {"run": blank(run, "seeds"), "seed": seed}
+    # A run's own train_size / epochs reach the stages as data.train_size / train.epochs (see _data, _reads_train):
+    # one value, one place, so a run of 2500 images has the digest it would have under data.train_size: 2500.
+    return {"run": blank(run, "seeds", "train_size", "epochs"), "seed": seed}
 
 
 # ---- what each stage reads ------------------------------------------------------------------
 
-def _data(cfg, validation: bool = False):
-    """data without the validation split's size unless the stage reads that split (a val_size edit retrains nothing)."""
-    return cfg.data if validation else blank(cfg.data, "val_size")
+def _data(cfg, validation: bool = False, run_id: Optional[str] = None):
+    """data without the validation split's size unless the stage reads that split (a val_size edit retrains nothing);
+    with a run, its own training-set size (runs.<name>.train_size) in data.train_size."""
+    data = split_run_id(cfg, run_id)[1].resolve_data(cfg.data) if run_id is not None else cfg.data
+    return data if validation else blank(data, "val_size")
 
 
 def _reads_prepare(cfg, run_id):
@@ -80,28 +84,32 @@ def _reads_prepare(cfg, run_id):
 
 
 def _reads_train(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg, cfg.train.val_every > 0), "model": cfg.model,
-            "train": cfg.train}
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, cfg.train.val_every > 0, run_id), "model": cfg.model,
+            "train": split_run_id(cfg, run_id)[1].resolve_train(cfg.train)}
 
 
 def _reads_evaluate(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg), "model": cfg.model,
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, run_id=run_id), "model": cfg.model,
             "evaluate": blank(cfg.evaluate, "soup_weights", "robustness")}
 
 
 def _reads_soups(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg, True), "model": cfg.model,
-            "evaluate": blank(cfg.evaluate, "autoattack", "robustness")}
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, True, run_id), "model": cfg.model,
+            "evaluate": blank(cfg.evaluate, "autoattack", "robustness", "train_subset")}
 
 
 def _reads_robustness(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg), "model": cfg.model,
-            "evaluate": blank(cfg.evaluate, "soup_weights", "autoattack", "robust_subset")}
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, run_id=run_id), "model": cfg.model,
+            "evaluate": blank(cfg.evaluate, "soup_weights", "autoattack", "robust_subset", "train_subset")}
 
 
 def _reads_report(cfg, run_id):
     return {"runs": cfg.runs, "evaluate": cfg.evaluate, "train_attack": cfg.train.attack,
             "train_attack_model_mode": cfg.train.attack_model_mode}
+
+
+def _reads_regime(cfg, run_id):
+    return {"runs": cfg.runs}
 
 
 def _reads_adapters(cfg, run_id):
@@ -127,7 +135,7 @@ def _reads_shift_hard(cfg, run_id):
 def _reads_shift(cfg, run_id):
     return {**_run_slice(cfg, run_id), "model": cfg.model,
             "shift": blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard", "imagenet_root", "real"),
-            "evaluate": blank(cfg.evaluate, "robust_subset", "attack", "autoattack", "robustness")}
+            "evaluate": blank(cfg.evaluate, "robust_subset", "attack", "autoattack", "robustness", "train_subset")}
 
 
 def _reads_shift_report(cfg, run_id):
@@ -170,6 +178,14 @@ def synthetic_shifts(cfg: Config) -> bool:
     from .data.registry import kind
 
     return kind(cfg.data.name) == "arrays"
+
+
+def report_targets(cfg: Config) -> List[str]:
+    """The report stages `rule all` builds and the results page waits for: report.targets, or by default (None)
+    the full report (the soup and adapter figures, the shift study's figures, the parameter accounting)."""
+    if cfg.report.targets is not None:
+        return list(cfg.report.targets)
+    return ["figures", *shift_figure_stages(cfg), "adapters"]
 
 
 def shift_figure_stages(cfg: Config) -> List[str]:
@@ -350,6 +366,21 @@ def _shift_real_figure(s, paths, run_id):
     print(f"wrote {real_shift_figure(paths.tables, paths.figures / 'shift_real.png')}")
 
 
+def _regime(s, paths, run_id):
+    from .report.regime import regime_report
+
+    from .provenance import check_current
+
+    runs = grid_run_ids(s.runs)
+    for r in runs:  # never a number of another checkpoint than the run's current one
+        check_current(paths.eval_file(r), paths.cfg, "evaluate", r)
+    out = paths.report / "regime.json", paths.tables / "regime.csv", paths.figures / "regime.png"
+    summary = regime_report(paths.cfg.experiment, [paths.eval_file(r) for r in runs], *out)
+    print(f"wrote {', '.join(map(str, out))}")
+    for line in summary["statements"]:
+        print(f"  {line}")
+
+
 def _results_page(s, paths, run_id):
     from .report.page import write_page
 
@@ -392,6 +423,9 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           upstream=("shift_real",)),
     Stage("shift_real_figure", "draw accuracy against soup weight per published shifted ImageNet set",
           _reads_shift_real_report, _shift_real_figure, upstream=("shift_real_table",)),
+    Stage("regime", "the gain of co-training over the nominal model's clean accuracy against the training-set size "
+          "and schedule, beside the nominal model's train-test gap (figure, table, statements)", _reads_regime,
+          _regime, upstream=("evaluate",)),
     Stage("results_page", "write the experiment's results page (docs/results/<experiment>.md) from its report",
           _reads_report, _results_page, upstream=("aggregate", "shift_table", "shift_real_table")),
 )}

@@ -43,6 +43,8 @@ SOUP_RUNS = soup_run_ids(CFG)
 SHIFT_RUNS = RUNS if stages.synthetic_shifts(CFG) else []
 REAL_SHIFT_SETS = stages.real_shift_sets(CFG)
 SHIFT_FIGURES = stages.shift_figure_stages(CFG)
+# The report stages `rule all` builds and the results page waits for (report.targets; by default the full report).
+REPORT_TARGETS = stages.report_targets(CFG)
 LOGS = PATHS.logs
 ADVSOUP = " ".join(["advsoup {stage}"] + [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES])
 # The jobs get the overrides through the environment, not their command line: a

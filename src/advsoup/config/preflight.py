@@ -43,6 +43,16 @@ def _check_sizes(cfg: Config, source: str) -> None:
     _check(images is None or t.batch_size <= images, source, "train.batch_size",
            f"{t.batch_size} exceeds the {images} training images "
            f"({'data.train_size' if d.train_size else d.name}): not one batch per epoch; lower train.batch_size")
+    for name, run in cfg.runs.items():  # a run's own training set (runs.<name>.train_size) obeys the same limits
+        if run.train_size is None:
+            continue
+        key = f"runs.{name}.train_size"
+        _check(total is None or run.train_size + d.val_size <= total, source, key,
+               f"{run.train_size} + data.val_size={d.val_size} exceed the {total} training images of {d.name} (the "
+               f"validation split is held out of the same order); lower it to at most {(total or 0) - d.val_size}")
+        _check(t.batch_size <= run.train_size, source, key,
+               f"{run.train_size} images are fewer than train.batch_size={t.batch_size}: not one batch per epoch; "
+               f"raise it or lower train.batch_size")
 
 
 def _unwritable(folder: Path) -> Optional[str]:

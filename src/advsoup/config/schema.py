@@ -187,6 +187,10 @@ class EvaluateConfig:
     )
     autoattack: AutoAttackConfig = field(default_factory=AutoAttackConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    # Clean accuracy on the run's own training images (eval mode, no augmentation), for the train-test gap:
+    # None = not measured (the old behaviour); N = the first N of the run's training images (a class-balanced
+    # prefix of the same order training takes them from); 0 = all of them.
+    train_subset: Optional[int] = None
 
 
 @dataclass
@@ -195,6 +199,18 @@ class RunConfig:
     adapter: str = "token"
     family: str = "vit"
     seeds: List[int] = field(default_factory=lambda: [0])
+    # Per-run settings (None = the experiment's own, the old behaviour): a grid that varies the training set or
+    # the schedule, e.g. params/experiments/regime.yaml. Stages see them as data.train_size / train.epochs.
+    train_size: Optional[int] = None
+    epochs: Optional[int] = None
+
+    def resolve_data(self, data: "DataConfig") -> "DataConfig":
+        """The data config this run trains on: data.train_size replaced by the run's own, if it has one."""
+        return data if self.train_size is None else replace(data, train_size=self.train_size)
+
+    def resolve_train(self, train: "TrainConfig") -> "TrainConfig":
+        """The training config of this run: train.epochs replaced by the run's own, if it has one."""
+        return train if self.epochs is None else replace(train, epochs=self.epochs)
 
 
 @dataclass
@@ -289,7 +305,17 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    report: "ReportConfig" = field(default_factory=lambda: ReportConfig())
     runs: Dict[str, RunConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    # The report stages the experiment's default target (`rule all`) builds and its results page waits for:
+    # None = the full report (figures, the shift figures, adapters: every soup, robustness check and shift job).
+    # An experiment that asks one question lists only what answers it, e.g. [regime]: its DAG is then train,
+    # evaluate, regime and the page (advsoup.stages.report_targets).
+    targets: Optional[List[str]] = None
 
 
 def _check(ok: bool, source: str, key: str, what: str) -> None:
@@ -513,5 +539,32 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
                f"only co-training uses an adapter; set adapter: none for training '{run.training}'")
         _check(len(run.seeds) > 0 and len(set(run.seeds)) == len(run.seeds), source,
                f"{key}.seeds", "list one or more distinct seeds")
+        _check(run.train_size is None or run.train_size >= 1, source, f"{key}.train_size",
+               f"{run.train_size} < 1: give the run's number of training images (the first N of the class-balanced "
+               f"order), or leave the key out to use data.train_size")
+        _check(run.epochs is None or run.epochs >= 1, source, f"{key}.epochs",
+               f"{run.epochs} < 1: give the run's number of epochs, or leave the key out to use train.epochs")
+    _validate_report(cfg, source)
+
+
+def _validate_report(cfg: Config, source: str) -> None:
+    """evaluate.train_subset and report.targets (the options of experiments that ask one question)."""
+    n = cfg.evaluate.train_subset
+    _check(n is None or n >= 0, source, "evaluate.train_subset",
+           f"{n} < 0: N >= 1 measures the first N of each run's training images, 0 all of them; leave the key out "
+           f"(null) to measure none")
+    targets = cfg.report.targets
+    if targets is None:
+        return
+    from ..stages import STAGES  # the registry names the stages (it imports this module)
+
+    # stages over the whole experiment (no run, no job) that make a report part; the page comes after them
+    choices = tuple(n for n, st in STAGES.items() if not st.per_run and not st.job and n not in ("prepare",
+                                                                                                 "results_page"))
+    _check(len(targets) > 0 and len(set(targets)) == len(targets), source, "report.targets",
+           f"{list(targets)}: list one or more distinct report stages of {choices}, or leave the key out (null) "
+           f"for the full report")
+    for i, t in enumerate(targets):
+        _check(t in choices, source, f"report.targets[{i}]", f"'{t}' is not a report stage; choose from {choices}")
 
 

@@ -65,19 +65,25 @@ def _checkpoints(paths: Paths) -> List[str]:
 
 
 def write_page(paths: Paths, page: Path) -> Path:
-    if not paths.summary.is_file():
+    regime = paths.report / "regime.json"  # advsoup.report.regime: an experiment may have only this report
+    if not paths.summary.is_file() and not regime.is_file():
         raise FileNotFoundError(f"{paths.summary} is missing: run `advsoup aggregate` (or `snakemake`) for "
                                 f"experiment '{paths.cfg.experiment}' first")
-    summary: Dict = json.loads(paths.summary.read_text())
-    a = summary["attack"]
+    summary: Dict = json.loads(paths.summary.read_text()) if paths.summary.is_file() else {}
     seeds = sorted({s for r in paths.cfg.runs.values() for s in r.seeds})
+    robust = (f" Robust accuracy in the tables: {attack_label(summary['attack'])} unless a column names another "
+              f"attack." if summary else "")
     parts = [f"# Results: experiment `{paths.cfg.experiment}`", "",
              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()} by "
              f"`advsoup results_page --config params/experiments/{paths.cfg.experiment}.yaml`, from "
-             f"`{paths.report}/`. Seeds: {', '.join(map(str, seeds))}. Robust accuracy in the tables: "
-             f"{attack_label(a)} unless a column names another attack.", "",
+             f"`{paths.report}/`. Seeds: {', '.join(map(str, seeds))}.{robust}", "",
              "Every number below was computed from these checkpoints (run, sha256 prefix; "
              "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", ""]
+    if regime.is_file():
+        from .regime import page_section
+
+        fig = paths.figures / "regime.png"
+        parts += page_section(regime, paths.tables / "regime.csv", _link(page, fig) if fig.is_file() else None)
     adapters = paths.tables / "adapters.csv"
     if adapters.is_file():
         parts += ["## Adapters: one row per variant (mean and std over seeds, accuracies in %)", "",

@@ -148,6 +148,35 @@ def autoattack_vs_pgd(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, wei
     return out
 
 
+def train_images_measured(train_size: int, subset: int) -> int:
+    """How many training images ``evaluate.train_subset`` measures (0 = every one; the size load_split takes).
+
+    ``train_size`` is the run's data.train_size (0 = the whole split). The images are the first N of the same
+    class-balanced order training takes its first ``train_size`` from, so they are always training images.
+    """
+    if train_size == 0:
+        return subset
+    return min(subset, train_size) if subset else train_size
+
+
+def train_accuracy(job: RunJob, model: AdaptedModel, weights: Sequence[float], device: torch.device,
+                   log=None) -> Dict[str, Any]:
+    """Clean accuracy on the run's own training images (eval mode, evaluation transforms, no augmentation),
+    per mode: beside the test accuracy, the train-test gap (how much the run overfits)."""
+    size = train_images_measured(job.data.train_size, job.evaluate.train_subset)
+    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "train", size)
+    out: Dict[str, Any] = {"images": len(y), "images_of": "the first N of the run's training images (the class-"
+                           "balanced order training takes them from); eval mode, no augmentation"}
+    for w, mode in zip(weights, ("clean_mode", "robust_mode")):
+        out[mode] = {"w": float(w), "clean_acc": round(clean_accuracy(model, x, y, w, job.evaluate.batch_size * 4,
+                                                                      device), 5)}
+        if log:
+            log.info("w=%.2f clean accuracy on %d training images %.2f%%", w, len(y), 100 * out[mode]["clean_acc"])
+    if len(weights) == 1:  # no adapter: one network serves both modes
+        out["robust_mode"] = {**out["clean_mode"], "w": 1.0}
+    return out
+
+
 def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     # The log sits with the run (DVC cache), not with the metric files (git).
@@ -156,8 +185,11 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
     n_rob = job.evaluate.robust_subset or len(y)
     n_rob = min(n_rob, len(y))
-    base = {"run": job.run_id, **asdict(job.run), "seed": job.seed,
+    meta = ckpt.load_model_meta(job.run_dir)
+    base = {"run": job.run_id, **{k: v for k, v in asdict(job.run).items() if v is not None}, "seed": job.seed,
             "domain_parameters": model.num_domain_parameters(), "test_images": len(y),
+            # what the checkpoint was trained on and for (its model.json): the x axes of a training-regime study
+            "train_images": meta.get("train_images"), "epochs": meta.get("epochs"),
             "attack": attack_record(job.evaluate, n_rob)}
     if job.soup_weights is None:
         # Without an adapter both modes are the same network: measure it once.
@@ -166,6 +198,8 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
         out = {**base, "clean_mode": rows[0], "robust_mode": {**rows[-1], "w": 1.0}}
         if job.evaluate.autoattack.enabled:
             out["autoattack"] = autoattack_vs_pgd(model, x, y, weights, job.evaluate, rt.device, log)
+        if job.evaluate.train_subset is not None:
+            out["train_accuracy"] = train_accuracy(job, model, weights, rt.device, log)
     else:
         out = {**base, "soup": accuracies(model, x, y, job.soup_weights, job.evaluate, rt.device, log)}
         if job.data.val_size:

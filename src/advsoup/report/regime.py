@@ -1,0 +1,273 @@
+"""Where does co-training raise clean accuracy? The gain over the nominal model against the training regime.
+
+The paper's first claim: co-training with adapters raises clean accuracy over
+the nominal model (ViT-B16 on ImageNet: 83.76% vs 82.64%), the adversarial
+half acting as a regulariser. A regulariser helps where the nominal model
+overfits, so this report sets the gain beside the nominal model's train-test
+gap, per training-set size and schedule, from the runs' eval.json alone:
+
+* gain = clean accuracy of the co-trained model in clean mode (w=0) minus the
+  nominal model's of the SAME seed, same family, training-set size and
+  epochs (paired by seed: the seed fixes the data order and the attack's
+  noise); mean and sample std over the paired seeds;
+* train-test gap = clean accuracy on the run's own training images (eval
+  mode, no augmentation; ``evaluate.train_subset``) minus its test accuracy.
+
+Writes ``report/regime.json`` (the per-size numbers and the statements the
+results page prints), ``report/tables/regime.csv`` and ``report/figures/regime.png``.
+Torch-free, like the rest of :mod:`advsoup.report`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from ..atomic import atomic_path, write_json
+from ..stats import mean_std
+from .aggregate import variant_name
+
+PAPER = {"setting": "ViT-B16 on ImageNet (1.28M images), class-token adapter", "cotrained": 0.8376,
+         "nominal": 0.8264}
+TABLE_COLUMNS = ["family", "variant", "train_images", "epochs", "samples_seen", "seeds",
+                 "clean_acc_mean", "clean_acc_std", "nominal_clean_acc_mean", "nominal_clean_acc_std",
+                 "gain_points_mean", "gain_points_std", "nominal_train_acc_mean", "nominal_gap_points_mean",
+                 "nominal_gap_points_std", "gap_points_mean", "gap_points_std", "train_measured_images"]
+
+
+def run_rows(records: Sequence[Dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: its regime (family, variant, training images, epochs, seed) and its accuracies."""
+    rows = []
+    for rec in records:
+        if rec.get("train_images") is None or rec.get("epochs") is None:
+            raise ValueError(f"{rec.get('run')}: its eval.json does not say what the checkpoint was trained on "
+                             f"(train_images, epochs): re-run its evaluate stage")
+        train = rec.get("train_accuracy")
+        row = {"run": rec["run"], "family": rec["family"], "training": rec["training"], "adapter": rec["adapter"],
+               "variant": variant_name(rec), "seed": int(rec["seed"]), "train_images": int(rec["train_images"]),
+               "epochs": int(rec["epochs"]), "clean_acc": rec["clean_mode"]["clean_acc"],
+               "robust_acc": rec["robust_mode"]["robust_acc"],
+               "train_acc": train["clean_mode"]["clean_acc"] if train else math.nan,
+               "train_measured_images": train["images"] if train else math.nan}
+        row["gap"] = row["train_acc"] - row["clean_acc"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _nominal(runs: pd.DataFrame) -> pd.Series:
+    return (runs["training"] == "nominal") & (runs["adapter"] == "none")
+
+
+def _pts(stats: Dict[str, float]) -> Dict[str, float]:
+    return {k: round(100 * v, 3) for k, v in stats.items()}
+
+
+def regime_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (family, variant, training images, epochs) other than the nominal model: its clean accuracy,
+    the gain over the nominal model paired by seed, and both models' train-test gaps (mean and std over seeds)."""
+    out = []
+    for (family, n, epochs), grp in runs.groupby(["family", "train_images", "epochs"], sort=True):
+        nominal = grp[_nominal(grp)].set_index("seed")
+        for variant, mine in grp[~_nominal(grp)].groupby("variant", sort=True):
+            mine = mine.set_index("seed")
+            seeds = sorted(set(mine.index) & set(nominal.index))
+            row: Dict[str, Any] = {"family": family, "variant": variant, "train_images": int(n),
+                                   "epochs": int(epochs), "samples_seen": int(n) * int(epochs), "seeds": len(seeds)}
+            if seeds:
+                acc, nom = mine.loc[seeds, "clean_acc"], nominal.loc[seeds, "clean_acc"]
+                c, nc = mean_std(acc), mean_std(nom)
+                g = _pts(mean_std(acc.values - nom.values))
+                row.update(clean_acc_mean=c["mean"], clean_acc_std=c["std"], nominal_clean_acc_mean=nc["mean"],
+                           nominal_clean_acc_std=nc["std"], gain_points_mean=g["mean"], gain_points_std=g["std"])
+                if nominal.loc[seeds, "train_acc"].notna().all():
+                    gap = _pts(mean_std(nominal.loc[seeds, "gap"]))
+                    row.update(nominal_train_acc_mean=mean_std(nominal.loc[seeds, "train_acc"])["mean"],
+                               nominal_gap_points_mean=gap["mean"], nominal_gap_points_std=gap["std"],
+                               train_measured_images=int(nominal.loc[seeds, "train_measured_images"].min()))
+                if mine.loc[seeds, "train_acc"].notna().all():
+                    gap = _pts(mean_std(mine.loc[seeds, "gap"]))
+                    row.update(gap_points_mean=gap["mean"], gap_points_std=gap["std"])
+            out.append(row)
+    return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def _label(variant: str) -> str:
+    family, _, base = variant.rpartition(":")
+    model = {"resnet": "ResNet"}.get(family, "ViT")
+    if base.startswith("cotrain/"):
+        adapter = base.removeprefix("cotrain/")
+        what = {"token": "the class-token adapter", "layernorm": "dual LayerNorm", "batchnorm": "dual BatchNorm",
+                "bias": "dual biases", "head": "a separate head", "none": "every parameter shared"}.get(adapter,
+                                                                                                        adapter)
+        return f"the {model} co-trained with {what} (clean mode)"
+    return f"the {base} {model}"
+
+
+def statements(table: pd.DataFrame) -> List[str]:
+    """One sentence per row, generated from the numbers (the results page prints them as they are)."""
+    out = []
+    for _, r in table.iterrows():
+        if not r["seeds"] or pd.isna(r["gain_points_mean"]):
+            out.append(f"At {r['train_images']:,} training images ({r['epochs']} epochs) {_label(r['variant'])} has no "
+                       f"nominal run of the same seed to compare with.")
+            continue
+        g, s = r["gain_points_mean"], r["gain_points_std"]
+        side = "above" if g > 0 else "below" if g < 0 else "level with"
+        amount = f"{abs(g):.2f} ± {s:.2f} points {side}" if g else f"{side} (± {s:.2f} points)"
+        spread = " (within one standard deviation of zero)" if r["seeds"] > 1 and abs(g) <= s else ""
+        text = (f"At {r['train_images']:,} training images ({r['epochs']} epochs, {r['samples_seen']:,} samples seen) "
+                f"{_label(r['variant'])} is {amount} the nominal model{spread}: "
+                f"{100 * r['clean_acc_mean']:.2f}% vs {100 * r['nominal_clean_acc_mean']:.2f}% clean test accuracy "
+                f"(difference paired by seed, mean ± std over {r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
+        if not pd.isna(r["nominal_gap_points_mean"]):
+            text += (f"; the nominal model's train-test gap is {r['nominal_gap_points_mean']:.2f} ± "
+                     f"{r['nominal_gap_points_std']:.2f} points")
+            if not pd.isna(r["gap_points_mean"]):
+                text += f", the co-trained model's {r['gap_points_mean']:.2f} ± {r['gap_points_std']:.2f}"
+        out.append(text + ".")
+    return out
+
+
+def _trend(table: pd.DataFrame) -> List[str]:
+    """Per variant and schedule: where the gain is largest and smallest, with the nominal gap there."""
+    out = []
+    for variant, grp in table.dropna(subset=["gain_points_mean"]).groupby("variant", sort=True):
+        if grp["train_images"].nunique() < 2:
+            continue
+        hi, lo = grp.loc[grp["gain_points_mean"].idxmax()], grp.loc[grp["gain_points_mean"].idxmin()]
+        gap = lambda r: ("" if pd.isna(r["nominal_gap_points_mean"])  # noqa: E731
+                         else f", nominal train-test gap {r['nominal_gap_points_mean']:.2f} points")
+        out.append(f"For {_label(variant)} the gain is largest at {hi['train_images']:,} images "
+                   f"({hi['epochs']} epochs: {hi['gain_points_mean']:+.2f} ± {hi['gain_points_std']:.2f} points"
+                   f"{gap(hi)}) and smallest at {lo['train_images']:,} ({lo['epochs']} epochs: "
+                   f"{lo['gain_points_mean']:+.2f} ± {lo['gain_points_std']:.2f}{gap(lo)}).")
+    return out
+
+
+def schedules(table: pd.DataFrame) -> pd.Series:
+    """A line of the figure per variant and schedule: at each size, the i-th shortest of the variant's epochs
+    there is schedule i. Labelled by its epochs per size ('8 epochs', or '64/32/8 epochs at 2.5k/5k/20k')."""
+    rank = table.groupby(["variant", "train_images"])["epochs"].rank(method="dense").astype(int)
+    labels = {}
+    for (variant, i), grp in table.assign(rank=rank).groupby(["variant", "rank"]):
+        grp = grp.sort_values("train_images")
+        ep = grp["epochs"].unique()
+        labels[(variant, i)] = (f"{ep[0]} epochs" if len(ep) == 1 else
+                                f"{'/'.join(map(str, grp['epochs']))} epochs at "
+                                f"{'/'.join(_size(n) for n in grp['train_images'])}")
+    return pd.Series([labels[(v, i)] for v, i in zip(table["variant"], rank)], index=table.index)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+def regime_figure(runs: pd.DataFrame, table: pd.DataFrame, out: Path, experiment: str) -> Path:
+    """Top: gain over the nominal model (points) against training-set size (log x), mean ± std over seeds and
+    each seed's paired difference. Bottom: train-test gap of the nominal model (solid) and of the co-trained
+    model in clean mode (dashed), same x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .figures import save_figure
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 9), sharex=True)
+    table = table.dropna(subset=["gain_points_mean"]).copy()
+    table["schedule"] = schedules(table) if not table.empty else []
+    keys = sorted({(v, s) for v, s in zip(table["variant"], table["schedule"])})
+    palette = dict(zip(keys, sns.color_palette(n_colors=max(len(keys), 1))))
+    nominal = runs[_nominal(runs)].set_index(["family", "train_images", "epochs", "seed"])
+    drawn: set = set()  # the nominal model's gap: once per family and point (variants share their nominal twin)
+    greys = iter(["0.15", "0.45", "0.65", "0.8"] * 4)
+    groups = sorted(table.groupby(["variant", "schedule"], sort=True), key=lambda kv: -len(kv[1]))
+    for (variant, schedule), grp in groups:
+        grp, color = grp.sort_values("train_images"), palette[(variant, schedule)]
+        label = f"{variant}, {schedule}"
+        top.errorbar(grp["train_images"], grp["gain_points_mean"], yerr=grp["gain_points_std"], color=color,
+                     marker="o", capsize=4, label=f"{label}: mean ± std over seeds")
+        mine = runs[(runs["variant"] == variant)]
+        for _, r in grp.iterrows():  # each seed's paired difference
+            seeds = mine[(mine["train_images"] == r["train_images"]) & (mine["epochs"] == r["epochs"])]
+            diffs = [100 * (s["clean_acc"] - nominal.loc[(s["family"], s["train_images"], s["epochs"], s["seed"]),
+                                                           "clean_acc"])
+                     for _, s in seeds.iterrows()
+                     if (s["family"], s["train_images"], s["epochs"], s["seed"]) in nominal.index]
+            top.scatter([r["train_images"]] * len(diffs), diffs, color=color, s=14, alpha=0.5, zorder=3)
+        points = {(r["family"], r["train_images"], r["epochs"]) for _, r in grp.iterrows()}
+        if not points <= drawn and grp["nominal_gap_points_mean"].notna().any():
+            drawn |= points
+            family = variant.rpartition(":")[0] or "vit"
+            bottom.errorbar(grp["train_images"], grp["nominal_gap_points_mean"], yerr=grp["nominal_gap_points_std"],
+                            color=next(greys), marker="s", capsize=4, linewidth=2,
+                            label=f"nominal {'ResNet' if family == 'resnet' else 'ViT'}, {schedule}")
+        if grp["gap_points_mean"].notna().any():
+            bottom.errorbar(grp["train_images"], grp["gap_points_mean"], yerr=grp["gap_points_std"], color=color,
+                            marker="o", linestyle="--", capsize=4, alpha=0.7, label=f"{label} (clean mode)")
+    top.axhline(0, color="0.3", linewidth=1)
+    top.axhline(100 * (PAPER["cotrained"] - PAPER["nominal"]), color="crimson", linestyle=":", linewidth=1.2,
+                label=f"the paper: +{100 * (PAPER['cotrained'] - PAPER['nominal']):.2f} ({PAPER['setting']})")
+    top.set(ylabel="clean test accuracy, co-trained (clean mode)\nminus nominal, same seed (points)",
+            title="Gain of co-training over the nominal model (dots: single seeds)")
+    bottom.axhline(0, color="0.3", linewidth=1)
+    bottom.set(xscale="log", xlabel="training-set size (images, log scale)",
+               ylabel="train accuracy minus test accuracy\n(points)", title="Train-test gap (overfitting)")
+    sizes = sorted(set(table["train_images"])) or sorted(set(runs["train_images"]))
+    bottom.set_xticks(sizes, [_size(n) for n in sizes])
+    bottom.minorticks_off()
+    for ax in (top, bottom):
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{experiment}: where does co-training raise clean accuracy?", fontsize=11)
+    return save_figure(fig, out)
+
+
+def regime_report(experiment: str, eval_files: Sequence[Path], summary_path: Path, table_path: Path,
+                  figure_path: Path) -> Dict[str, Any]:
+    """regime.json, tables/regime.csv and figures/regime.png from the runs' eval.json files."""
+    records = []
+    for f in eval_files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"metric file '{f}' is missing: run the evaluate stage for it")
+        records.append(json.loads(Path(f).read_text()))
+    runs = run_rows(records)
+    table = regime_table(runs)
+    if table.empty:
+        raise ValueError(f"{experiment}: no run to compare with a nominal one: the regime report needs nominal "
+                         f"runs and co-trained runs of the same family, training-set size and epochs")
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(table_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.5g")
+    regime_figure(runs, table, figure_path, experiment)
+    summary = {"experiment": experiment,
+               "gain": "clean accuracy in clean mode (w=0) minus the nominal model's of the same seed, family, "
+                       "training-set size and epochs; mean and sample std over the paired seeds, in points",
+               "gap": "clean accuracy on the run's first N training images (eval mode, no augmentation) minus its "
+                      "clean test accuracy, in points",
+               "paper": PAPER, "rows": json.loads(table.to_json(orient="records")),
+               "statements": statements(table), "trend": _trend(table)}
+    write_json(summary_path, summary)
+    return summary
+
+
+def page_section(summary_path: Path, table_path: Path, figure_link: Optional[str]) -> List[str]:
+    """The results page's section: the figure, the table and the generated statements (no interpretation)."""
+    summary = json.loads(summary_path.read_text())
+    table = pd.read_csv(table_path)
+    parts = ["## Does co-training raise clean accuracy? Gain over the nominal model against the training regime", "",
+             f"Gain: {summary['gain']}. Gap: {summary['gap']}. The paper reports "
+             f"{100 * PAPER['cotrained']:.2f}% vs {100 * PAPER['nominal']:.2f}% ({PAPER['setting']}).", ""]
+    if figure_link:
+        parts += [f"![Gain and train-test gap against the training-set size]({figure_link})", ""]
+    shown = table[[c for c in table.columns if c not in ("family",)]]
+    from .page import markdown_table
+
+    parts += ["Accuracies in %, gains and gaps in points:", "", markdown_table(shown), ""]
+    parts += [f"- {s}" for s in summary["statements"]] + [""]
+    parts += [f"- {s}" for s in summary["trend"]] + ([""] if summary["trend"] else [])
+    return parts
