@@ -10,7 +10,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PROFILE_LOCAL := --workflow-profile workflow/profiles/local
 CORES ?= 2
 
-.PHONY: setup test-setup data demo study test test-all bench lint clean-results slurm-up slurm-down \
+.PHONY: setup test-setup data demo study regime test test-all bench lint clean-results slurm-up slurm-down \
 	plots plots-template exp-show
 
 setup: $(VENV)/.setup-done data
@@ -43,6 +43,13 @@ study: setup
 	@advsoup runs --config params/experiments/study.yaml > /dev/null
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/study.yaml
 	@advsoup where --config params/experiments/study.yaml
+
+# Issue 15: where does co-training raise clean accuracy? Train + evaluate + the regime report only
+# (report.targets: [regime] in the experiment file): ~2.2-2.5 h on 2 idle cores.
+regime: setup
+	@advsoup runs --config params/experiments/regime.yaml > /dev/null
+	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/regime.yaml
+	@echo "figure: results/regime/report/figures/regime.png  table: results/regime/report/tables/regime.csv  page: docs/results/regime.md"
 
 test: test-setup
 	pytest -m "not slow" -q
