@@ -161,6 +161,9 @@ class AutoAttackConfig:
     version: str = "standard"
     attacks: List[str] = field(default_factory=list)
     subset: int = 1000
+    # Images per AutoAttack call: None = all `subset` images at once (the old behaviour); N = N at a time, so
+    # memory holds N images (and their adversarial copies), and a requeued evaluation loses at most one chunk.
+    chunk: Optional[int] = None
 
 
 @dataclass
@@ -447,6 +450,8 @@ def _validate_robust_evaluation(e: EvaluateConfig, source: str) -> None:
         _check(name in AUTOATTACK_ATTACKS, source, f"evaluate.autoattack.attacks[{i}]",
                f"'{name}' is not one of {AUTOATTACK_ATTACKS}")
     _check(aa.subset >= 0, source, "evaluate.autoattack.subset", f"{aa.subset} < 0 (0 = the whole test set)")
+    _check(aa.chunk is None or aa.chunk >= 1, source, "evaluate.autoattack.chunk",
+           f"{aa.chunk} < 1: give the images per AutoAttack call, or leave the key out (null) for all at once")
     r = e.robustness
     _check(r.subset >= 0, source, "evaluate.robustness.subset", f"{r.subset} < 0 (0 = the whole test set)")
     _check(len(r.weights) > 0 and all(0.0 <= w <= 1.0 for w in r.weights), source,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data.transforms_factory import transforms_imagenet_eval, transforms_imagenet_train
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import AugmentConfig, DataConfig
 from .imagefolder import read_file_list
@@ -189,20 +189,28 @@ def train_batches(data: DataConfig, img_size: int, prepared: Path, seed: int, ba
 
 
 def eval_loader(data: DataConfig, img_size: int, prepared: Path, split: str, size: int,
-                batch_size: int) -> DataLoader:
-    """The split in order (evaluation transforms), as uint8 batches: for datasets too large to hold whole."""
+                batch_size: int, start: int = 0, stop: Optional[int] = None) -> DataLoader:
+    """The split in order (evaluation transforms), as uint8 batches: for datasets too large to hold whole.
+
+    ``start``/``stop``: only images ``start:stop`` of that order (a resumed evaluation skips what it finished
+    without decoding it); batches are cut from ``start``.
+    """
     dataset = image_dataset(data, img_size, prepared, split, size, seed=0, training=False)
+    if start or stop is not None:
+        dataset = Subset(dataset, range(start, len(dataset) if stop is None else min(stop, len(dataset))))
     return _loader(dataset, data, 0, batch_size=batch_size, shuffle=False)
 
 
 def eval_tensors(data: DataConfig, img_size: int, prepared: Path, split: str,
-                 size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A split as (floats in [0, 1], labels), what evaluation stages take: the prepared arrays as they are, or
-    the first ``size`` of a file dataset's class-balanced order decoded at evaluation size (bound ``size``:
-    ImageNet's 50k validation images are 30 GB as floats)."""
+                 size: int, first: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A split as (floats in [0, 1], labels), held whole: the prepared arrays as they are, or the first ``size``
+    of a file dataset's class-balanced order decoded at evaluation size. ``first`` > 0 keeps only the first
+    ``first`` images (a file dataset decodes no more: ImageNet's 50k validation images are 30 GB as floats).
+    The evaluate and soups stages stream instead (:class:`advsoup.robust.stream.FileImages`)."""
     if _manifest(prepared).get("kind") != "files":
-        return load_split(prepared, split, size).tensors()
-    batches = list(eval_loader(data, img_size, prepared, split, size, batch_size=256))
+        x, y = load_split(prepared, split, size).tensors()
+        return (x[:first], y[:first]) if first else (x, y)
+    batches = list(eval_loader(data, img_size, prepared, split, size, batch_size=256, stop=first or None))
     return torch.cat([x for x, _ in batches]).float().div_(255.0), torch.cat([y for _, y in batches])
 
 

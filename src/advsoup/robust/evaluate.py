@@ -8,26 +8,31 @@ final numbers of a run (clean and robust mode) add AutoAttack on the first
 The soup sweep runs on the validation split too (``data.val_size`` training
 images the run did not train on), where a soup weight may be chosen.
 Every robust number is stored with the attack that produced it.
+
+The evaluate and soups stages read a file dataset (ImageNet) batch by batch through the DataLoader
+(memory bounded by a batch, never the split) and keep every finished batch in ``<output>.partial``: a
+requeued or rerun job continues from there with the numbers of an uninterrupted run (advsoup.robust.stream).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from . import autoattack
 from .. import checkpoint as ckpt
 from ..atomic import write_json
-from .attacks import pgd
 from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
 from ..data.loaders import eval_tensors
 from ..data.prepared import load_validation
-from ..logs import progress, setup_logging
+from ..logs import setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
+from .stream import Images, Measure, Partial, TensorImages, open_images
 
 
 @dataclass
@@ -67,15 +72,9 @@ def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
             "subset": n_robust}
 
 
-@torch.no_grad()
 def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, batch_size: int,
                    device: torch.device) -> float:
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            correct += int((model(xb, w).argmax(1) == yb).sum())
-    return correct / len(y)
+    return Measure(model, None, device).clean(TensorImages(x, y), "x", w, batch_size)
 
 
 def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
@@ -86,19 +85,10 @@ def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float
     clean is never robust, even if the attack's point happens to be classified
     correctly. PGD keeps, per image, the first iterate that fools the model;
     ``evaluate.attack.method: apgd-ce | apgd-dlr`` runs APGD instead (adaptive step, best point kept).
+    Batches of ``ev.batch_size``; PGD's random starts come from one generator seeded with ``seed`` (the same
+    random starts for every weight and run). See :meth:`advsoup.robust.stream.Measure.robust`.
     """
-    flags = []
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)  # the same random starts for every weight and run
-    for i in progress(range(0, len(y), ev.batch_size), desc=desc, total=-(-len(y) // ev.batch_size)):
-        xb, yb = x[i:i + ev.batch_size].to(device), y[i:i + ev.batch_size].to(device)
-        if ev.attack.method != "pgd":
-            flags.append(autoattack.apgd_flags(model, xb, yb, w, ev.attack, device, seed))
-            continue
-        x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen, keep_fooling=True)
-        with torch.no_grad():
-            flags.append(((model(xb, w).argmax(1) == yb) & (model(x_adv, w).argmax(1) == yb)).cpu())
-    return torch.cat(flags)
+    return Measure(model, ev, device).robust(TensorImages(x, y), "x", w, len(y), seed, desc)
 
 
 def robust_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, ev: EvaluateConfig,
@@ -106,36 +96,39 @@ def robust_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: fl
     return int(robust_flags(model, x, y, w, ev, device, seed, desc).sum()) / len(y)
 
 
-def accuracies(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
-               ev: EvaluateConfig, device: torch.device, log=None) -> List[Dict[str, float]]:
-    """Clean accuracy on all of x and robust accuracy on the subset, per soup weight.
+def accuracies(measure: Measure, images: Images, tag: str, weights: Sequence[float],
+               log=None) -> List[Dict[str, float]]:
+    """Clean accuracy on every image and robust accuracy on the first ``evaluate.robust_subset``, per soup weight.
 
-    One model serves every weight: the weight is an argument of the forward pass.
+    One model serves every weight: the weight is an argument of the forward pass. ``images`` are read batch by
+    batch (``tag`` names the split in the partial file): clean in batches of 4 x ``evaluate.batch_size``, the
+    attack in batches of ``evaluate.batch_size``.
     """
-    n_rob = ev.robust_subset or len(y)
+    ev = measure.ev
+    n_rob = min(ev.robust_subset or len(images), len(images))
     rows = []
     for w in weights:
-        clean = clean_accuracy(model, x, y, w, ev.batch_size * 4, device)
-        robust = robust_accuracy(model, x[:n_rob], y[:n_rob], w, ev, device, desc=f"PGD at w={w:.2f}")
+        clean = measure.clean(images, tag, w, ev.batch_size * 4)
+        robust = int(measure.robust(images, tag, w, n_rob, desc=f"PGD at w={w:.2f}").sum()) / n_rob
         rows.append({"w": float(w), "clean_acc": round(clean, 5), "robust_acc": round(robust, 5)})
         if log:
             log.info("w=%.2f clean %.2f%% robust %.2f%%", w, 100 * clean, 100 * robust)
     return rows
 
 
-def autoattack_vs_pgd(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float],
-                      ev: EvaluateConfig, device: torch.device, log=None) -> Dict[str, Any]:
+def autoattack_vs_pgd(measure: Measure, images: Images, weights: Sequence[float], log=None) -> Dict[str, Any]:
     """AutoAttack and PGD robust accuracy on the same first ``ev.autoattack.subset`` images, per mode.
 
     PGD runs here again on exactly AutoAttack's images (same seed as the
-    main evaluation) so the two numbers compare like for like.
+    main evaluation) so the two numbers compare like for like; when they are
+    the main evaluation's images, its flags are taken as they are (the same computation).
     """
-    n = min(ev.autoattack.subset or len(y), len(y))
+    ev = measure.ev
+    n = min(ev.autoattack.subset or len(images), len(images))
     out: Dict[str, Any] = {"pgd_attack": pgd_record(ev.attack, n)}
     for w, mode in zip(weights, ("clean_mode", "robust_mode")):
-        pgd_ok = robust_flags(model, x[:n], y[:n], w, ev, device, desc=f"PGD at w={w:.2f} (AutoAttack's images)")
-        aa_ok, out["attack"] = autoattack.robust_flags(model, x[:n], y[:n], w, ev.attack, ev.autoattack,
-                                                       ev.batch_size, device)
+        pgd_ok = measure.robust(images, "test", w, n, desc=f"PGD at w={w:.2f} (AutoAttack's images)")
+        aa_ok, out["attack"] = measure.autoattack(images, "test", w, n, ev.autoattack)
         out[mode] = {"w": float(w), "robust_acc": round(float(aa_ok.float().mean()), 5),
                      "pgd_robust_acc": round(float(pgd_ok.float().mean()), 5),
                      # images PGD broke but AutoAttack did not: AutoAttack is not a superset of PGD
@@ -146,6 +139,18 @@ def autoattack_vs_pgd(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, wei
     if len(weights) == 1:  # no adapter: one network serves both modes
         out["robust_mode"] = {**out["clean_mode"], "w": 1.0}
     return out
+
+
+def partial_key(job: EvalJob) -> Dict[str, Any]:
+    """What an evaluation's partial results are computed from: the digest of its config slice (the job holds the
+    stage's slice, so this is the stage's config_digest) and the sha256 of the checkpoint it loads."""
+    from ..stages import _plain  # torch-free
+
+    text = json.dumps(_plain({"run": job.run, "seed": job.seed, "data": job.data, "model": job.model,
+                              "evaluate": job.evaluate}), sort_keys=True)
+    return {"stage": "evaluate" if job.soup_weights is None else "soups",
+            "config_digest": hashlib.sha256(text.encode()).hexdigest(),
+            "checkpoint_sha256": ckpt.load_model_meta(job.run_dir).get("weights_sha256")}
 
 
 def train_images_measured(train_size: int, subset: int) -> int:
@@ -182,32 +187,37 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     # The log sits with the run (DVC cache), not with the metric files (git).
     log = setup_logging(job.run_dir / f"{job.out_file.stem}.log")
     model = load_run(job.run_dir, job.model, rt.device)
-    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
-    n_rob = job.evaluate.robust_subset or len(y)
-    n_rob = min(n_rob, len(y))
+    # Streamed batch by batch for a file dataset (memory bounded by a batch), the prepared arrays in memory.
+    images = open_images(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
+    n_test = len(images)
+    n_rob = min(job.evaluate.robust_subset or n_test, n_test)
+    # Every finished batch goes to <out_file>.partial: a requeued or rerun job continues from there.
+    partial = Partial(job.out_file, partial_key(job), log)
+    measure = Measure(model, job.evaluate, rt.device, partial)
     meta = ckpt.load_model_meta(job.run_dir)
     base = {"run": job.run_id, **{k: v for k, v in asdict(job.run).items() if v is not None}, "seed": job.seed,
-            "domain_parameters": model.num_domain_parameters(), "test_images": len(y),
+            "domain_parameters": model.num_domain_parameters(), "test_images": n_test,
             # what the checkpoint was trained on and for (its model.json): the x axes of a training-regime study
             "train_images": meta.get("train_images"), "epochs": meta.get("epochs"),
             "attack": attack_record(job.evaluate, n_rob)}
     if job.soup_weights is None:
         # Without an adapter both modes are the same network: measure it once.
         weights = [0.0] if job.run.adapter == "none" else [0.0, 1.0]
-        rows = accuracies(model, x, y, weights, job.evaluate, rt.device, log)
+        rows = accuracies(measure, images, "test", weights, log)
         out = {**base, "clean_mode": rows[0], "robust_mode": {**rows[-1], "w": 1.0}}
         if job.evaluate.autoattack.enabled:
-            out["autoattack"] = autoattack_vs_pgd(model, x, y, weights, job.evaluate, rt.device, log)
+            out["autoattack"] = autoattack_vs_pgd(measure, images, weights, log)
         if job.evaluate.train_subset is not None:
             out["train_accuracy"] = train_accuracy(job, model, weights, rt.device, log)
     else:
-        out = {**base, "soup": accuracies(model, x, y, job.soup_weights, job.evaluate, rt.device, log)}
+        out = {**base, "soup": accuracies(measure, images, "test", job.soup_weights, log)}
         if job.data.val_size:
             # The same sweep on held-out training images: a soup weight is chosen there, never on test.
-            xv, yv = load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors()
-            log.info("validation split (%d held-out training images):", len(yv))
-            out.update(validation_images=len(yv),
-                       validation=accuracies(model, xv, yv, job.soup_weights, job.evaluate, rt.device, log))
+            val = TensorImages(*load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors())
+            log.info("validation split (%d held-out training images):", len(val))
+            out.update(validation_images=len(val),
+                       validation=accuracies(measure, val, "validation", job.soup_weights, log))
     write_json(job.out_file, out)
+    partial.finish()
     log.info("wrote %s", job.out_file)
     return out
