@@ -8,7 +8,8 @@ Requeue: SLURM sends SIGUSR2 ``SIGNAL_DELAY_S`` before the time limit (and a
 cluster's preemption sends SIGTERM or SIGUSR2). submitit then calls
 :meth:`Task.checkpoint` and requeues the job; the resubmitted task calls the
 same function again, and training resumes from the state it saved when the
-signal arrived (see runtime.Preemption). Other stages restart from scratch.
+signal arrived (see runtime.Preemption); the evaluate and soups stages continue
+from the batches their partial file holds (advsoup.robust.stream). Other stages restart from scratch.
 """
 from __future__ import annotations
 

@@ -76,6 +76,21 @@ def mem_mb(stage):
     return int(stages.resources(CFG, stage).mem_gb * 1024)
 
 
+def slurm_resources(stage):
+    """The job's resources as its SLURM job asks for them (launcher.resources.<stage> and the site's partition,
+    account, qos, constraint; advsoup.launch.slurm_parameters): `snakemake -n` lists them with every job.
+    Only mem_mb (and threads) mean something to Snakemake's own scheduler; the job is submitted by submitit."""
+    from advsoup.launch import tasks_per_node
+
+    res, site = stages.resources(CFG, stage), CFG.launcher
+    out = {"mem_mb": mem_mb(stage), "runtime": res.time_min, "nodes": res.nodes,
+           "tasks_per_node": tasks_per_node(res, stages.get(stage).distributed), "cpus_per_task": res.cpus,
+           "gpus_per_node": res.gpus}
+    out.update({f"slurm_{k}": getattr(site, k) for k in ("partition", "account", "qos", "constraint")
+                if getattr(site, k)})
+    return out
+
+
 def currency(stage):
     """The job's currency stamp (see above)."""
     return lambda wc: provenance.stamp(CFG, stage, getattr(wc, "run", None), getattr(wc, "set", None))

@@ -14,7 +14,7 @@ rule evaluate:
         cfg=sub_config("evaluate"),
     threads: threads("evaluate")
     resources:
-        mem_mb=mem_mb("evaluate"),
+        **slurm_resources("evaluate"),
     log:
         log("evaluate", run=True),
     benchmark:

@@ -15,7 +15,7 @@ rule robustness:
         cfg=sub_config("robustness"),
     threads: threads("robustness")
     resources:
-        mem_mb=mem_mb("robustness"),
+        **slurm_resources("robustness"),
     log:
         log("robustness", run=True),
     benchmark:

@@ -21,7 +21,7 @@ rule shift_suite:
         cfg=sub_config("shift_suite"),
     threads: threads("shift_suite")
     resources:
-        mem_mb=mem_mb("shift_suite"),
+        **slurm_resources("shift_suite"),
     log:
         log("shift_suite"),
     benchmark:
@@ -43,7 +43,7 @@ rule shift_reference:
         cfg=sub_config("shift_reference"),
     threads: threads("shift_reference")
     resources:
-        mem_mb=mem_mb("shift_reference"),
+        **slurm_resources("shift_reference"),
     log:
         log("shift_reference"),
     benchmark:
@@ -65,7 +65,7 @@ rule shift_hard:
         cfg=sub_config("shift_hard"),
     threads: threads("shift_hard")
     resources:
-        mem_mb=mem_mb("shift_hard"),
+        **slurm_resources("shift_hard"),
     log:
         log("shift_hard"),
     benchmark:
@@ -88,7 +88,7 @@ rule shift:
         cfg=sub_config("shift"),
     threads: threads("shift")
     resources:
-        mem_mb=mem_mb("shift"),
+        **slurm_resources("shift"),
     log:
         log("shift", run=True),
     benchmark:
@@ -140,7 +140,7 @@ rule shift_real:
         cfg=sub_config("shift_real"),
     threads: threads("shift_real")
     resources:
-        mem_mb=mem_mb("shift_real"),
+        **slurm_resources("shift_real"),
     log:
         log("shift_real", run=True, set=True),
     benchmark:

@@ -14,7 +14,7 @@ rule soups:
         cfg=sub_config("soups"),
     threads: threads("soups")
     resources:
-        mem_mb=mem_mb("soups"),
+        **slurm_resources("soups"),
     log:
         log("soups", run=True),
     benchmark:

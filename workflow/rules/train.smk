@@ -15,7 +15,7 @@ rule train:
         cfg=sub_config("train"),
     threads: threads("train")
     resources:
-        mem_mb=mem_mb("train"),
+        **slurm_resources("train"),
     log:
         log("train", run=True),
     benchmark:

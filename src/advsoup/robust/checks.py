@@ -147,7 +147,9 @@ def run_robustness(job: RobustnessJob) -> Dict[str, Any]:
                                 f"(the AutoAttack check reads it)")
     evaluation = json.loads(job.eval_file.read_text())
     model = load_run(job.run_dir, job.model, rt.device)
-    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size)
+    # only the images checked are decoded (a file dataset: never the whole split)
+    x, y = eval_tensors(job.data, job.model.img_size, job.prepared, "test", job.data.test_size,
+                        first=job.evaluate.robustness.subset)
     n = min(job.evaluate.robustness.subset or len(y), len(y))
     # Without an adapter every weight is the same network: check it once.
     weights = [0.0] if job.run.adapter == "none" else sorted(set(job.evaluate.robustness.weights))
