@@ -142,9 +142,11 @@ def test_a_missing_configured_set_fails_before_any_job_and_an_unconfigured_one_i
     assert plan["shift_real"] == len(RUNS) * 2, plan
     proc = advsoup(tmp_path, "shift_real", "--config", str(exp), "--run", "token-s0", "--set", "imagenet_a")
     assert proc.returncode == 2 and "--set imagenet_a: the set is not configured" in proc.stderr
-    # no set at all on an ImageNet experiment: no shift study in the DAG
+    # no set at all on an ImageNet experiment: no shift study in the DAG, and the synthetic one is refused by name
     plan = counts(snakemake(tmp_path, "-n", "--configfile", str(experiment(tmp_path, data))).stdout)
     assert not {"shift_real", "shift_real_table", "shift_suite", "shift"} & set(plan), plan
+    proc = advsoup(tmp_path, "shift_suite", "--config", str(exp))
+    assert proc.returncode == 2 and "data.name=imagenet is read from files" in proc.stderr
     # the sets score 1000-way ImageNet models: configured for another dataset's experiment, refused up front
     proc = snakemake(tmp_path, "-n", "--configfile", str(TINY), "--config",
                      f"shift={{imagenet_root: {root}, real: {{imagenet_c: {{enabled: false}}}}}}",
