@@ -116,6 +116,9 @@ def test_real_sets_through_the_dag(trees, tmp_path):
     assert sorted(curve[curve["run"] == "token-s0"]["w"].unique()) == [0.0, 0.5, 1.0]
     assert (out / "report" / "figures" / "shift_real.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "logs" / "shift_real-token-s0-imagenet_c.log").is_file()
+    where = advsoup(tmp_path, "where", "--config", str(exp)).stdout
+    clean_a = summary["variants"]["cotrain/token"]["imagenet-a"]["clean_mode"]["top1"]["mean"]
+    assert f"imagenet-a top-1 clean mode {clean_a:.1f}, k-shot soup" in where and "imagenet-c mean CE" in where
 
     assert "Nothing to be done" in snakemake(tmp_path, "shift_real_figure", "-n", "--configfile", str(exp)).stdout
     # a set's job reads that set's keys only: an ImageNet-C edit reruns its two jobs and the report, nothing else

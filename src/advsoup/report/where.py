@@ -17,12 +17,13 @@ def where(paths: Paths) -> None:
     exp = paths.cfg.experiment
     summary = read_summary(paths.summary)
     print(f"\nExperiment '{exp}': everything under {paths.root}/")
-    print(f"  report   {paths.report}/  summary.json, shift_summary.json, adapter_parameters.json")
+    print(f"  report   {paths.report}/  summary.json, shift_summary.json, shift_real_summary.json, "
+          "adapter_parameters.json")
     print(f"  tables   {paths.tables}/  runs.csv, soups.csv, adapters.csv, training.csv, shift*.csv, "
           "adapter_parameters.csv")
-    print(f"  figures  {paths.figures}/  soup_curve.png, adapters.png, shift.png")
+    print(f"  figures  {paths.figures}/  soup_curve.png, adapters.png, shift.png, shift_real.png")
     print(f"  metrics  {paths.root / 'metrics'}/<run>/  eval.json, soups.json, robustness.json, shift.json, "
-          "train_log.csv, checkpoint.json (in git)")
+          "shift_<set>.json, train_log.csv, checkpoint.json (in git)")
     print(f"  runs     {paths.root / 'runs'}/<run>/  weights, training state, resolved config, log (DVC cache)")
     if summary:
         a = summary["attack"]
@@ -47,7 +48,26 @@ def where(paths: Paths) -> None:
                   f"k-shot soup (k={s['k']}) {100 * avg['kshot_soup']['mean']:.1f}% "
                   f"({100 * g['mean']:+.2f} +- {100 * g['std']:.2f}), oracle soup "
                   f"{100 * avg['oracle_soup']['mean']:.1f}%")
+    _print_real_shifts(paths)
     _print_timings(paths.logs / "benchmarks")
+
+
+def _print_real_shifts(paths: Paths) -> None:
+    """The published shift sets' headline per variant: ImageNet-C mCE (or mean corruption error), top-1 of the others."""
+    real = read_summary(paths.real_shift_summary)
+    if not real:
+        return
+    print(f"\nreal shifts {paths.tables}/shift_real_paper.csv; figure {paths.figures / 'shift_real.png'}")
+    methods = (("clean_mode", "clean mode"), ("kshot_soup", "k-shot soup"), ("oracle_soup", "oracle soup"))
+    for variant, per_set in real["variants"].items():
+        cells = []
+        for set_name, per_method in per_set.items():
+            any_scores = next(iter(per_method.values()))
+            score = next(s for s in ("mce", "mean_corruption_error", "top1") if s in any_scores)
+            label = {"mce": "mCE", "mean_corruption_error": "mean CE", "top1": "top-1"}[score]
+            cells.append(f"{set_name} {label} " + ", ".join(f"{name} {per_method[m][score]['mean']:.1f}"
+                                                          for m, name in methods if m in per_method))
+        print(f"  {variant:<24} " + " | ".join(cells))
 
 
 def _print_timings(folder: Path) -> None:
