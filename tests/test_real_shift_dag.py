@@ -161,3 +161,25 @@ def test_fashion_mnist_keeps_the_synthetic_shift_study(tmp_path):
     plan = jobs_of(snakemake(tmp_path, "-n", "--configfile", str(TINY)).stdout)
     assert {"shift_suite", "shift_reference", "shift_hard", "shift", "shift_table", "shift_figure"} <= plan
     assert not {"shift_real", "shift_real_table", "shift_real_figure"} & plan
+
+
+def test_results_page_shows_the_real_shift_table(tmp_path):
+    from advsoup.config import Paths, load_config
+    from advsoup.report.page import write_page
+    from advsoup.report.real_shifts import real_shift_tables
+
+    paths = Paths(load_config([TINY], [f"results_dir={tmp_path}"]))
+    draw = {"clean_mode": 0.3, "robust_mode": 0.2, "kshot_soup": 0.35, "kshot_w": 0.5, "oracle_soup": 0.4,
+            "oracle_w": 0.5}
+    rec = {"run": "token-s0", "training": "cotrain", "adapter": "token", "family": "vit", "seed": 0,
+           "set": "imagenet-r", "weights": [0.0, 0.5, 1.0], "k": 2, "draws": 1, "classes": 200,
+           "sets": {"imagenet-r": {"kind": "imagenet-r", "size": 10, "acc": {"0.00": 0.3, "0.50": 0.4, "1.00": 0.2},
+                                   "adaptation": [draw]}}}
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    real_shift_tables([tmp_path / "r.json"], paths.tables, paths.real_shift_summary, "tiny")
+    paths.summary.write_text(json.dumps({"attack": {"name": "PGD-3", "norm": "linf", "eps": 0.1, "steps": 3,
+                                                    "step_size": 0.05, "restarts": 1, "random_start": True,
+                                                    "subset": 100}, "runs": {}}))
+    page = write_page(paths, tmp_path / "page.md").read_text()
+    assert "## Real distribution shifts: the paper's table" in page and "imagenet-r 10" in page
+    assert "| cotrain/token | kshot_soup | 35 | 0 |" in page
