@@ -281,7 +281,6 @@ def _shift_suite(s, paths, run_id):
 
     _synthetic_only(s.data, "shift_suite")
 
-
     run_suite(SuiteJob(paths.prepared, paths.shift_suite, s.shift))
 
 

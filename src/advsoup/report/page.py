@@ -107,8 +107,6 @@ def write_page(paths: Paths, page: Path) -> Path:
                 for v, s in shift["variants"].items()]
         parts += ["## Shifts: average over the shift sets (accuracies in %)", "",
                   markdown_table(pd.DataFrame(rows)), ""]
-    write_text(page, "\n".join(parts))
-    return page
     real = paths.tables / "shift_real_paper.csv"
     if paths.real_shift_summary.is_file() and real.is_file():
         summary_real = json.loads(paths.real_shift_summary.read_text())
@@ -120,3 +118,5 @@ def write_page(paths: Paths, page: Path) -> Path:
         fig = paths.figures / "shift_real.png"
         if fig.is_file():
             parts += [f"![Real distribution shifts]({_link(page, fig)})", ""]
+    write_text(page, "\n".join(parts))
+    return page
