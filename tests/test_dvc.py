@@ -210,8 +210,10 @@ def test_metrics_and_params_diff_show_the_change(history, env):
         assert diff[f"runs.token-s0.soup.0.25.{acc}"]["old"] is None
     old = flat(json.loads(git_show(history.repo, "HEAD~1", SUMMARY, env)))
     new = flat(json.loads(git_show(history.repo, "HEAD", SUMMARY, env)))
-    changed = {k for k in new if isinstance(new[k], (int, float)) and not isinstance(new[k], bool)
+    # numbers, and the strings of the summary's provenance (the config digest changed with the soup grid)
+    changed = {k for k in new if isinstance(new[k], (int, float, str)) and not isinstance(new[k], bool)
                and old.get(k) != new[k]}
+    assert "provenance.config_digest" in changed
     assert set(diff) == changed, "dvc metrics diff is not the difference of the two committed summaries"
     for k in changed:
         assert diff[k]["old"] == old.get(k) and diff[k]["new"] == new[k], k
@@ -333,3 +335,21 @@ def test_a_training_edit_recomputes_every_metric_and_metrics_diff_shows_it(histo
     diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--json"], clone, env).stdout)[SUMMARY]
     for run in ("nominal-s0", "token-s0"):
         assert f"runs.{run}.clean_mode.clean_acc" in diff, sorted(diff)[:20]
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_with_the_experiment_file_named_and_exp_show_lists_it(history, env, tmp_path):
+    """The README's form `dvc exp run -S <file>:<key>=<value>` (the plain `-S key=value` looks for params.yaml)."""
+    clone = _pulled_clone(history, env, tmp_path)
+    key = f"params/experiments/{EXP}.yaml:evaluate.soup_weights"
+    proc = sh(["dvc", "exp", "run", "-n", "three-weights", "-S", f"{key}=[0.0,0.5,1.0]"], clone, env)
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs.get("soups") == "1" and not {"train", "evaluate"} & set(jobs), (proc.stdout + proc.stderr)[-3000:]
+    rows = json.loads(sh(["dvc", "exp", "show", "--json"], clone, env).stdout)
+    exps = {e["name"]: e for row in rows for e in row.get("experiments") or [] for e in e["revs"]}
+    data = exps["three-weights"]["data"]
+    assert data["params"][f"params/experiments/{EXP}.yaml"]["data"]["evaluate"]["soup_weights"] == [0.0, 0.5, 1.0]
+    summary = data["metrics"][SUMMARY]["data"]
+    assert sorted(float(w) for w in summary["runs"]["token-s0"]["soup"]) == [0.0, 0.5, 1.0]
+    plain = sh(["dvc", "exp", "run", "-S", "evaluate.soup_weights=[0.0,1.0]"], clone, env, check=False)
+    assert plain.returncode != 0 and "evaluate" in plain.stderr + plain.stdout
