@@ -97,6 +97,12 @@ def test_the_whole_dag_on_the_tiny_experiment(workdir):
     jobs = jobs_of(snakemake(workdir, "-n", "--configfile", str(TINY), "--config",
                              "evaluate={robust_subset: 50}").stdout)
     assert {"evaluate", "robustness", "soups"} <= jobs and "train" not in jobs
+    # A data stage that reruns reruns what reads its output in the same invocation. With ancient() data
+    # inputs Snakemake planned the data stage alone (a data.* edit: prepare only) and left stale metrics.
+    jobs = jobs_of(snakemake(workdir, "-n", "--configfile", str(TINY), "--config", "shift={sketch: false}").stdout)
+    assert {"shift_suite", "shift", "shift_table"} <= jobs and not jobs & {"train", "shift_hard"}, jobs
+    jobs = jobs_of(snakemake(workdir, "-n", "--configfile", str(TINY), "--forcerun", "prepare").stdout)
+    assert {"prepare", "train", "evaluate", "soups", "robustness", "shift", "aggregate"} <= jobs, jobs
 
     # A fresh clone has no Snakemake metadata: the recorded provenance alone decides. A soup-grid edit
     # reruns the soups and the shift sweeps (both measure every soup weight) and the report, nothing else.

@@ -157,9 +157,16 @@ def stamp(cfg: Config, stage: str, run_id: Optional[str] = None, set_key: Option
 
 
 def aged(path: Path) -> str:
-    """An upstream record as a rule input: its time set to the epoch (its provenance, not its time, counts)."""
-    if path.is_file():
-        os.utime(path, AGED)
+    """An upstream output as a rule input: its time set to the epoch (its provenance, not its time, counts).
+
+    Not ancient(): when an upstream job reruns, Snakemake 9 skips the own rerun check of every job below it
+    and then triggers only those that read a non-ancient file of it, so a job reading nothing but ancient
+    files of a rerunning job is dropped from the DAG however stale it is (dag.py, update_needrun). A
+    directory's time, for Snakemake, is its .snakemake_timestamp file's, if present.
+    """
+    for p in (path, path / ".snakemake_timestamp"):
+        if p.exists():
+            os.utime(p, AGED)
     return str(path)
 
 

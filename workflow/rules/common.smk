@@ -7,10 +7,13 @@
 # - every compute rule takes currency(<stage>) as an input: a stamp that is newer than the job's
 #   outputs exactly when their record says they are stale (another config slice, another upstream
 #   config, another checkpoint). It holds in a fresh clone, after `dvc pull` and `git checkout`.
-# - data and checkpoints, which DVC and git restore with new file times, are ancient() inputs;
-# - the upstream records a job reads (checkpoint.json, eval.json) are aged() inputs: their time is
-#   set to 1970, so a restored record triggers nothing, while a job that reruns in this
-#   invocation still reruns every job that reads its record.
+# - checkpoint weights, which DVC restores with new file times, are ancient() inputs, each read
+#   beside its run's record;
+# - the upstream records a job reads (checkpoint.json, eval.json) and the data directories (prepared
+#   data, shift suite, hard subset) are aged() inputs: their time is set to 1970, so a restored file
+#   triggers nothing, while a job that reruns in this invocation still reruns every job that reads
+#   its output. Never ancient() alone: Snakemake drops a job that reads only ancient files of a
+#   rerunning job without checking its own currency (see provenance.aged).
 import json
 import os
 import shlex

@@ -3,7 +3,7 @@
 
 rule robustness:
     input:
-        data=ancient(rules.prepare.output.prepared),
+        data=aged(rules.prepare.output.prepared),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
         checkpoint=aged(rules.train.output.record),

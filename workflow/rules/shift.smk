@@ -13,7 +13,7 @@ localrules:
 
 rule shift_suite:
     input:
-        data=ancient(rules.prepare.output.prepared),
+        data=aged(rules.prepare.output.prepared),
         currency=currency("shift_suite"),
     output:
         suite=directory(str(PATHS.shift_suite)),
@@ -33,7 +33,7 @@ rule shift_suite:
 rule shift_reference:
     # A run of its own, outside the grid: the hard subset must not be chosen by a model under test.
     input:
-        data=ancient(rules.prepare.output.prepared),
+        data=aged(rules.prepare.output.prepared),
         currency=currency("shift_reference"),
     output:
         weights=PATHS.shift_reference / "model.safetensors",
@@ -54,7 +54,7 @@ rule shift_reference:
 
 rule shift_hard:
     input:
-        data=ancient(rules.prepare.output.prepared),
+        data=aged(rules.prepare.output.prepared),
         weights=ancient(rules.shift_reference.output.weights),
         meta=ancient(rules.shift_reference.output.meta),
         checkpoint=aged(rules.shift_reference.output.record),
@@ -76,8 +76,8 @@ rule shift_hard:
 
 rule shift:
     input:
-        suite=ancient(rules.shift_suite.output.suite),
-        hard=ancient(rules.shift_hard.output.hard),
+        suite=aged(rules.shift_suite.output.suite),
+        hard=aged(rules.shift_hard.output.hard),
         weights=ancient(rules.train.output.weights),
         meta=ancient(rules.train.output.meta),
         checkpoint=aged(rules.train.output.record),

@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        data=ancient(rules.prepare.output.prepared),
+        data=aged(rules.prepare.output.prepared),
         currency=currency("train"),
     output:
         weights=PATHS.run_dir("{run}") / "model.safetensors",
