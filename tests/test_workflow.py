@@ -168,6 +168,8 @@ def test_two_experiments_keep_their_own_reports_and_a_stale_metric_is_refused(tm
         where = advsoup(tmp_path, "where", "--config", str(TINY), f"experiment={paths.cfg.experiment}",
                         f"results_dir={tmp_path}/results").stdout
         assert f"{paths.report}/" in where and f"clean mode {100 * acc:5.1f}% clean" in where
+        # the listing names what this experiment wrote, not every file some experiment could write
+        assert "soup_curve.png" in where and "shift" not in where.split("metrics")[0], where
 
     # a metric file that claims another checkpoint than the run's current one is refused, naming both
     evals = json.loads(first.eval_file("token-s0").read_text())

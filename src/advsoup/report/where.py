@@ -13,15 +13,19 @@ def read_summary(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _present(folder: Path, pattern: str) -> str:
+    """What this experiment's report has written there (an experiment writes only the parts it builds)."""
+    names = sorted(p.name for p in folder.glob(pattern))
+    return ", ".join(names) if names else "(nothing yet)"
+
+
 def where(paths: Paths) -> None:
     exp = paths.cfg.experiment
     summary = read_summary(paths.summary)
     print(f"\nExperiment '{exp}': everything under {paths.root}/")
-    print(f"  report   {paths.report}/  summary.json, shift_summary.json, shift_real_summary.json, "
-          "adapter_parameters.json")
-    print(f"  tables   {paths.tables}/  runs.csv, soups.csv, adapters.csv, training.csv, shift*.csv, "
-          "adapter_parameters.csv")
-    print(f"  figures  {paths.figures}/  soup_curve.png, adapters.png, shift.png, shift_real.png")
+    print(f"  report   {paths.report}/  {_present(paths.report, '*.json')}")
+    print(f"  tables   {paths.tables}/  {_present(paths.tables, '*.csv')}")
+    print(f"  figures  {paths.figures}/  {_present(paths.figures, '*.png')}")
     print(f"  metrics  {paths.root / 'metrics'}/<run>/  eval.json, soups.json, robustness.json, shift.json, "
           "shift_<set>.json, train_log.csv, checkpoint.json (in git)")
     print(f"  runs     {paths.root / 'runs'}/<run>/  weights, training state, resolved config, log (DVC cache)")
