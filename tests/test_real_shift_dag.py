@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from advsoup.shift.layout import imagenet_synsets
-from test_real_shifts import A_WNIDS, R_WNIDS, SKETCH_WNIDS, _jpegs
+from test_real_shifts import write_published_layouts
 from test_workflow import TINY, advsoup, jobs_of, snakemake
 
 CORRUPTIONS, SEVERITIES = ["fog", "contrast"], [1, 3]
@@ -43,16 +43,7 @@ def trees(tmp_path_factory):
                 img = rng.integers(0, 60, (40, 44, 3), dtype=np.uint8)
                 img[..., c] += 150
                 Image.fromarray(img).save(data / split / w / f"{k}.JPEG")
-    root = base / "shifts"
-    for c in CORRUPTIONS:
-        for s in SEVERITIES:
-            for j, w in enumerate(SKETCH_WNIDS):
-                _jpegs(root / "imagenet-c" / c / str(s) / w, "JPEG", j)
-    for folder, wnids, ext in (("imagenet-a", A_WNIDS, "jpg"), ("imagenet-r", R_WNIDS, "jpg"),
-                               ("sketch", SKETCH_WNIDS, "JPEG")):
-        for j, w in enumerate(wnids):
-            _jpegs(root / folder / w, ext, j)
-    return data, root
+    return data, write_published_layouts(base / "shifts", CORRUPTIONS, SEVERITIES)
 
 
 def experiment(tmp: Path, data: Path, **shift) -> Path:

@@ -39,9 +39,13 @@ def _jpegs(folder, ext, seed):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """One shared root in the published layouts: ImageNet-C (2 corruptions x 2 severities), A, R, Sketch."""
-    root = tmp_path_factory.mktemp("imagenet_shifts")
-    for c in ("fog", "contrast"):
-        for s in (1, 3):
+    return write_published_layouts(tmp_path_factory.mktemp("imagenet_shifts"), ("fog", "contrast"), (1, 3))
+
+
+def write_published_layouts(root, corruptions, severities):
+    """ImageNet-C (<corruption>/<severity>/<wnid>/), -A and -R (<wnid>/*.jpg), Sketch (sketch/<wnid>/*.JPEG)."""
+    for c in corruptions:
+        for s in severities:
             for j, w in enumerate(SKETCH_WNIDS):
                 _jpegs(root / "imagenet-c" / c / str(s) / w, "JPEG", j)
     for folder, wnids, ext in (("imagenet-a", A_WNIDS, "jpg"), ("imagenet-r", R_WNIDS, "jpg"),
