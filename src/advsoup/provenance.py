@@ -56,7 +56,7 @@ def record_file(paths: Paths, stage: str, run_id: Optional[str], set_key: Option
         "shift_hard": lambda: paths.shift_hard / "provenance.json",
         "shift_suite": lambda: paths.shift_suite / "provenance.json",
         "aggregate": lambda: paths.summary,
-        "regime": lambda: paths.report / "regime.json",
+        "regime": lambda: paths.regime_summary,
         "shift_table": lambda: paths.shift_summary,
         "shift_real_table": lambda: paths.real_shift_summary,
         "adapters": lambda: paths.parameters_summary,

@@ -175,9 +175,13 @@ def synthetic_shifts(cfg: Config) -> bool:
     """Whether the synthetic shift study (shift_suite, shift_reference, shift_hard, shift and their report) is in
     the DAG: for datasets held as arrays (Fashion-MNIST, CIFAR). A dataset read from files (ImageNet) is too large
     for a suite held in memory: its shift study is the real sets (:func:`real_shift_sets`)."""
+    return _held_as_arrays(cfg.data)
+
+
+def _held_as_arrays(data) -> bool:
     from .data.registry import kind
 
-    return kind(cfg.data.name) == "arrays"
+    return kind(data.name) == "arrays"
 
 
 def report_targets(cfg: Config) -> List[str]:
@@ -268,9 +272,7 @@ def _adapters(s, paths, run_id):
 
 
 def _synthetic_only(data, stage):
-    from .data.registry import kind
-
-    if kind(data.name) != "arrays":
+    if not _held_as_arrays(data):
         raise ConfigError(f"{stage} is part of the synthetic shift study, made for datasets held as arrays; "
                           f"data.name={data.name} is read from files: its shift study is the published sets "
                           f"(`advsoup shift_real`, configured by shift.imagenet_root or shift.real.<set>.root)")
@@ -373,7 +375,7 @@ def _regime(s, paths, run_id):
     runs = grid_run_ids(s.runs)
     for r in runs:  # never a number of another checkpoint than the run's current one
         check_current(paths.eval_file(r), paths.cfg, "evaluate", r)
-    out = paths.report / "regime.json", paths.tables / "regime.csv", paths.figures / "regime.png"
+    out = paths.regime_summary, paths.tables / "regime.csv", paths.figures / "regime.png"
     summary = regime_report(paths.cfg.experiment, [paths.eval_file(r) for r in runs], *out)
     print(f"wrote {', '.join(map(str, out))}")
     for line in summary["statements"]:

@@ -13,7 +13,7 @@ rule regime:
         records=expand(rules.train.output.record, run=RUNS),
         currency=currency("regime"),
     output:
-        summary=PATHS.report / "regime.json",
+        summary=PATHS.regime_summary,
         table=PATHS.tables / "regime.csv",
         figure=PATHS.figures / "regime.png",
     params:

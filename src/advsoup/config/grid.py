@@ -121,6 +121,10 @@ class Paths:
         return self.report / "shift_real_summary.json"
 
     @property
+    def regime_summary(self) -> Path:
+        return self.report / "regime.json"
+
+    @property
     def tables(self) -> Path:
         return self.report / "tables"
 

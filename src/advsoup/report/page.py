@@ -65,7 +65,7 @@ def _checkpoints(paths: Paths) -> List[str]:
 
 
 def write_page(paths: Paths, page: Path) -> Path:
-    regime = paths.report / "regime.json"  # advsoup.report.regime: an experiment may have only this report
+    regime = paths.regime_summary  # advsoup.report.regime: an experiment may have only this report
     if not paths.summary.is_file() and not regime.is_file():
         raise FileNotFoundError(f"{paths.summary} is missing: run `advsoup aggregate` (or `snakemake`) for "
                                 f"experiment '{paths.cfg.experiment}' first")
