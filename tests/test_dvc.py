@@ -35,10 +35,10 @@ COPIED = ["dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", ".dvcignor
           "workflow", "params", "src"]
 EXP = "tiny"
 # What DVC versions: cached (data, checkpoints) and in git (metrics, tables, figures).
-VERSIONED = ["data/prepared/fashion_mnist", f"data/shifts/{EXP}", f"results/{EXP}/runs", f"results/{EXP}/metrics",
-             f"results/{EXP}/report/tables", f"results/{EXP}/report/summary.json",
+VERSIONED = ["data/prepared/fashion_mnist", f"results/{EXP}/runs", f"results/{EXP}/metrics",
+             f"results/{EXP}/report/tables", f"results/{EXP}/report/summaries/summary.json",
              f"results/{EXP}/report/figures/soup_curve.png"]
-SUMMARY = f"results/{EXP}/report/summary.json"
+SUMMARY = f"results/{EXP}/report/summaries/summary.json"
 
 
 def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -112,14 +112,13 @@ def make_repo(root: Path, env: dict) -> Path:
 def test_dag_runs_data_then_experiment_then_figures(tmp_path, env):
     dot = sh(["dvc", "dag", "--dot"], make_repo(tmp_path, env), env).stdout
     edges = set(re.findall(r'"(\w+)" -> "(\w+)"', dot))
-    assert edges == {("prepare", "shift_suite"), ("prepare", "experiment"), ("shift_suite", "experiment"),
-                     ("experiment", "figures")}, dot
+    assert edges == {("prepare", "experiment"), ("experiment", "figures")}, dot
 
 
 def test_data_round_trip_through_the_default_remote(tmp_path, env):
-    """The data stages for real, pushed to ~/dvc-remote/advsoup and pulled into a fresh clone."""
+    """The data stage for real, pushed to ~/dvc-remote/advsoup and pulled into a fresh clone."""
     repo = make_repo(tmp_path, env)
-    sh(["dvc", "repro", "shift_suite"], repo, env)  # prepare, then the shift suite
+    sh(["dvc", "repro", "prepare"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "data"], repo, env)
     sh(["dvc", "push"], repo, env)
@@ -128,13 +127,13 @@ def test_data_round_trip_through_the_default_remote(tmp_path, env):
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
     assert not (clone / "data").exists()
-    sh(["dvc", "pull", "--with-deps", "shift_suite"], clone, env)
-    data = [Path("data/prepared/fashion_mnist"), Path("data/shifts") / EXP]
+    sh(["dvc", "pull", "prepare"], clone, env)
+    data = [Path("data/prepared/fashion_mnist")]
     files = {root / f.relative_to(repo / root) for root in data for f in (repo / root).rglob("*") if f.is_file()}
-    assert len(files) > 10
+    assert {f.name for f in files} >= {"manifest.json", "train_images.npy", "test_labels.npy"}
     for f in files:
         assert (clone / f).read_bytes() == (repo / f).read_bytes(), f
-    status = sh(["dvc", "status", "--with-deps", "shift_suite"], clone, env).stdout
+    status = sh(["dvc", "status", "prepare"], clone, env).stdout
     assert "up to date" in status, status
 
 
@@ -188,7 +187,7 @@ def git_show(repo: Path, rev: str, path: str, env: dict) -> str:
 
 @pytest.mark.slow
 def test_a_param_edit_reruns_the_soups_but_not_training(history):
-    for stage in ("prepare", "shift_suite", "experiment", "figures"):
+    for stage in ("prepare", "experiment", "figures"):
         assert f"Running stage '{stage}'" in history.first
     # Snakemake's job table of the second run: the soup sweep, neither training nor evaluation
     jobs = dict(re.findall(r"(?m)^(\w+)\s+(\d+)$", history.second.split("Job stats:")[1].split("total")[0]))
@@ -257,16 +256,18 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(history.repo), str(clone)], tmp_path, env)
 
-    # Without pulling, after an edit of the figure code: figures and tables again, from the
-    # metric files in git alone, byte-identical to the committed ones.
+    # Without pulling, after an edit of the figure code: the report again, from the metric files in git alone:
+    # its summaries, tables and figures byte-identical to the committed ones; the results page names the clone's
+    # commit.
     with open(clone / "src" / "advsoup" / "report" / "figures.py", "a") as fh:
         fh.write("# an edit\n")
     out = sh(["dvc", "repro", "--allow-missing", "figures"], clone, env).stdout
     assert "Running stage 'figures'" in out
-    assert not any(f"Running stage '{s}'" in out for s in ("prepare", "shift_suite", "experiment")), out
+    assert not any(f"Running stage '{s}'" in out for s in ("prepare", "experiment")), out
     assert not (clone / "data").exists() and not (clone / "results" / EXP / "runs").exists()
     changed = sh(["git", "status", "--porcelain"], clone, env).stdout.split("\n")
-    assert sorted(line[3:] for line in changed if line) == ["dvc.lock", "src/advsoup/report/figures.py"], changed
+    assert sorted(line[3:] for line in changed if line) == [f"docs/results/{EXP}.md", "dvc.lock",
+                                                            "src/advsoup/report/figures.py"], changed
 
     sh(["dvc", "pull"], clone, env)
     assert digests(clone) == digests(history.repo)
@@ -275,8 +276,7 @@ def test_push_then_pull_restores_everything_and_snakemake_has_nothing_to_do(hist
     assert "Nothing to be done" in sh(experiment_cmd(clone) + ["-n"], clone, env).stdout
     # Even with every restored data set and checkpoint newer than what was computed from it ...
     future = time.time() + 3600
-    for path in [clone / "data" / "prepared" / "fashion_mnist", clone / "data" / "shifts" / EXP,
-                 *(clone / "results" / EXP / "runs").rglob("*")]:
+    for path in [clone / "data" / "prepared" / "fashion_mnist", *(clone / "results" / EXP / "runs").rglob("*")]:
         os.utime(path, (future, future))
     assert "Nothing to be done" in sh(experiment_cmd(clone) + ["-n"], clone, env).stdout
     # ... which Snakemake would retrain on without the rules' ancient() inputs.

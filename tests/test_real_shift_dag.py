@@ -100,7 +100,7 @@ def test_real_sets_through_the_dag(trees, tmp_path):
     assert paper["imagenet-c mean corruption error (%)"].notna().all()  # not all 15 x 5: the plain mean, labelled
     for col in ("imagenet-a top-1 (%)", "imagenet-r top-1 (%)", "imagenet-sketch top-1 (%)"):
         assert paper[col].between(0, 100).all(), col
-    summary = json.loads((out / "report" / "shift_real_summary.json").read_text())
+    summary = json.loads((out / "report" / "summaries" / "shift_real_summary.json").read_text())
     assert summary["experiment"] == "realshift" and "plain mean corruption error" in summary["imagenet_c_normalisation"]
     assert summary["images"] == {"imagenet-c": 24, "imagenet-a": 6, "imagenet-r": 6, "imagenet-sketch": 6}
     curve = pd.read_csv(out / "report" / "tables" / "shift_real.csv")

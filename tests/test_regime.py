@@ -3,7 +3,9 @@ training images, the regime report (gain over the nominal model against the trai
 import json
 import math
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +166,7 @@ def test_the_regime_report_writes_figure_table_statements_and_page_section(tmp_p
     from advsoup.report.page import write_page
 
     out = tmp_path / "report"
-    summary = regime_report("synthetic", _synthetic(tmp_path), out / "regime.json", out / "tables" / "regime.csv",
+    summary = regime_report("synthetic", _synthetic(tmp_path), out / "summaries" / "regime.json", out / "tables" / "regime.csv",
                             out / "figures" / "regime.png")
     assert (out / "figures" / "regime.png").read_bytes()[:4] == b"\x89PNG"
     assert pd.read_csv(out / "tables" / "regime.csv")["gain_points_mean"].tolist() == [2.0, -1.0]
@@ -217,11 +219,14 @@ def test_the_regime_dag_runs_train_evaluate_regime_and_the_page_only(workdir, tm
     exp = _regime_tiny(tmp_path)
     dry = snakemake(workdir, "-n", "--configfile", str(exp)).stdout
     assert jobs_of(dry) == {"train", "evaluate", "regime", "results_page", "all"}, dry[-1500:]
+    # DVC's experiment stage (the target `metrics`) makes the metric files the report reads, nothing more
+    dry = snakemake(workdir, "-n", "metrics", "--configfile", str(exp)).stdout
+    assert jobs_of(dry) == {"train", "evaluate", "metrics"}, dry[-1500:]
     snakemake(workdir, "--configfile", str(exp))
     root = workdir / "results" / "regime_tiny"
     table = pd.read_csv(root / "report" / "tables" / "regime.csv")
     assert table["train_images"].tolist() == [256, 512] and (table["seeds"] == 1).all()
-    summary = json.loads((root / "report" / "regime.json").read_text())
+    summary = json.loads((root / "report" / "summaries" / "regime.json").read_text())
     assert summary["provenance"]["stage"] == "regime"
     for n, row in zip((256, 512), summary["rows"]):
         ev = {k: json.loads((root / "metrics" / f"{k}_n{n}-s0" / "eval.json").read_text()) for k in ("nominal", "token")}
@@ -233,12 +238,20 @@ def test_the_regime_dag_runs_train_evaluate_regime_and_the_page_only(workdir, tm
     assert not (root / "metrics" / "token_n256-s0" / "soups.json").exists()
     # nothing left to do: a second invocation runs no job
     assert "Nothing to be done" in snakemake(workdir, "-n", "--configfile", str(exp)).stdout
+    # `advsoup report` (DVC's figures stage) runs the same report stages: the same table, the page again
+    table_bytes = (root / "report" / "tables" / "regime.csv").read_bytes()
+    shutil.rmtree(root / "report")
+    (workdir / "docs" / "results" / "regime_tiny.md").unlink()
+    proc = subprocess.run([str(Path(sys.executable).parent / "advsoup"), "report", "--config", str(exp)], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.findall(r"advsoup report: (\w+)", proc.stdout) == ["regime", "results_page"]
+    assert (root / "report" / "tables" / "regime.csv").read_bytes() == table_bytes
+    assert summary["statements"][0] in (workdir / "docs" / "results" / "regime_tiny.md").read_text()
 
 
 @pytest.fixture
 def workdir(tmp_path, prepared):
-    import shutil
-
     target = tmp_path / "work" / "data" / "prepared" / "fashion_mnist"
     shutil.copytree(prepared, target)
     return tmp_path / "work"

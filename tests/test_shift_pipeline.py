@@ -20,8 +20,7 @@ def done(tmp_path_factory, prepared):
     """Tiny token and nominal runs, the reference, the suite and the hard subset, each shift stage once."""
     tmp = tmp_path_factory.mktemp("shift")
     cfg = load_config([EXPERIMENTS_DIR / "tiny.yaml"], [f"results_dir={tmp}/results",
-                                                        f"data.prepared_dir={prepared.parent}",
-                                                        f"shift.dir={tmp}/shifts"])
+                                                        f"data.prepared_dir={prepared.parent}"])
     paths = Paths(cfg)
     for run_id in ("token-s0", "nominal-s0"):
         _, run, seed = split_run_id(cfg, run_id)

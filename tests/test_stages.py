@@ -128,3 +128,24 @@ def test_digests_of_the_study_stay_put_when_the_schema_grows():
     part = stages.config_slice(cfg, "train", "token-s0")
     grown = dict(part, option_added_later=None)
     assert stages._plain(grown) == stages._plain(part)
+
+
+@pytest.mark.parametrize("exp, metric, report", [
+    ("demo.yaml", ["train", "evaluate", "soups", "robustness", "shift"],
+     ["aggregate", "figures", "adapters", "shift_table", "shift_figure", "results_page"]),
+    # a dataset read from files: no synthetic shift study
+    ("imagenet_vitb16.yaml", ["train", "evaluate", "soups", "robustness"],
+     ["aggregate", "figures", "adapters", "results_page"]),
+    # an experiment that asks one question: its report reads the evaluations only
+    ("regime.yaml", ["train", "evaluate"], ["regime", "results_page"]),
+])
+def test_the_dags_two_halves_follow_the_experiment(exp, metric, report):
+    """What DVC's experiment stage (Snakemake's `metrics`) and figures stage (`advsoup report`) run."""
+    cfg = load_config([EXPERIMENTS_DIR / exp])
+    assert stages.metric_stages(cfg) == metric
+    assert stages.report_stages(cfg) == report
+    # the published sets, once configured, add their job and report stages to an ImageNet experiment
+    if exp.startswith("imagenet"):
+        cfg = load_config([EXPERIMENTS_DIR / exp], ["shift.real.imagenet_a.root=/sets/imagenet-a"])
+        assert stages.metric_stages(cfg) == metric + ["shift_real"]
+        assert stages.report_stages(cfg)[-3:] == ["shift_real_table", "shift_real_figure", "results_page"]

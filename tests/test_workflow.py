@@ -61,7 +61,7 @@ def advsoup(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def test_the_whole_dag_on_the_tiny_experiment(workdir):
     snakemake(workdir, "--configfile", str(TINY))
     root = workdir / "results" / "tiny"
-    summary = json.loads((root / "report" / "summary.json").read_text())
+    summary = json.loads((root / "report" / "summaries" / "summary.json").read_text())
     assert summary["experiment"] == "tiny"
     assert summary["attack"] == {"name": "PGD-3", "norm": "linf", "eps": 0.1, "steps": 3, "step_size": 0.05,
                                  "restarts": 1, "random_start": True, "subset": 100}
@@ -119,7 +119,7 @@ def test_the_whole_dag_on_the_tiny_experiment(workdir):
     for name in ("eval.json", "soups.json", "robustness.json", "shift.json"):
         prov = json.loads((root / "metrics" / "token-s0" / name).read_text())["provenance"]
         assert prov["checkpoints"] == {"train": record["weights_sha256"]}, (name, out[-2000:])
-    after = json.loads((root / "report" / "summary.json").read_text())["runs"]
+    after = json.loads((root / "report" / "summaries" / "summary.json").read_text())["runs"]
     assert all(after[r]["clean_mode"] != before[r]["clean_mode"] for r in before)
     assert "Nothing to be done" in snakemake(workdir, "-n", "--configfile", str(TINY), "--config",
                                              "train={epochs: 2}").stdout

@@ -21,7 +21,9 @@ from .stages import STAGES
 OVERRIDES_ENV = "ADVSOUP_OVERRIDES"
 # Commands that are not stages: they read the config and print.
 COMMANDS = {"runs": "print the run ids of the experiment (one per line)",
-            "where": "print where the experiment's outputs are, and its headline numbers"}
+            "where": "print where the experiment's outputs are, and its headline numbers",
+            "report": "run the experiment's report stages in order, from its metric files (no checkpoint): "
+                      "its summaries, tables, figures and results page (DVC's figures stage)"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +74,11 @@ def _dispatch(args: argparse.Namespace) -> None:
     from .config.preflight import preflight
 
     preflight(cfg, " + ".join(files))
+    if args.stage == "report":
+        for name in stages.report_stages(cfg):
+            print(f"advsoup report: {name}")
+            stages.run(cfg, name)
+        return
     run_id = getattr(args, "run", None)
     if run_id:
         split_run_id(cfg, run_id)

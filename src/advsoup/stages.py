@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import (Config, ConfigError, Paths, ResourcesConfig, grid_run_ids, grid_soup_run_ids,
-                     shift_reference_run, split_run_id)
+from .config import (Config, ConfigError, Paths, ResourcesConfig, grid_run_ids, grid_soup_run_ids, run_ids,
+                     shift_reference_run, soup_run_ids, split_run_id)
 from .shift.names import REAL_SET_KEYS
 
 
@@ -41,6 +41,8 @@ class Stage:
     upstream: Tuple[str, ...] = ()  # stages whose outputs it reads: their digests are part of its provenance
     per_set: bool = False      # also takes --set <set> (a published shifted ImageNet set: imagenet_c, ...); its
     #                            reads then takes (cfg, run_id, set_key)
+    report: bool = False       # reads metric files only (no checkpoint, no torch) and writes the report or the page:
+    #                            `advsoup report` and DVC's `figures` stage run these
 
 
 def blank(dc: Any, *unread: str) -> Any:
@@ -148,7 +150,7 @@ def _reads_shift_real(cfg, run_id, set_key):
     has no root of its own; of evaluate, the soup weights and the threads (advsoup.shift.real.RealShiftJob)."""
     own = getattr(cfg.shift.real, set_key)
     real = blank(cfg.shift.real, *(k for k in REAL_SET_KEYS if k != set_key))
-    shift = blank(cfg.shift, "dir", "subset", "corruptions", "severities", "sketch", "hard", "finetune",
+    shift = blank(cfg.shift, "subset", "corruptions", "severities", "sketch", "hard", "finetune",
                   *(("imagenet_root",) if own.root else ()))
     evaluate = blank(cfg.evaluate, *(f.name for f in fields(cfg.evaluate) if f.name not in ("soup_weights", "threads")))
     return {**_run_slice(cfg, run_id), "set": set_key, "model": cfg.model, "evaluate": evaluate,
@@ -399,11 +401,11 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
     Stage("robustness", "gradient-masking checks of one run (eps grid, more PGD steps, AutoAttack vs PGD)",
           _reads_robustness, _robustness, per_run=True, job=True, upstream=("prepare", "train", "evaluate")),
     Stage("aggregate", "collect the metric files into the experiment's summary and tables", _reads_report,
-          _aggregate, upstream=("evaluate", "soups", "robustness")),
+          _aggregate, upstream=("evaluate", "soups", "robustness"), report=True),
     Stage("figures", "draw the soup curve and the adapter figure from the tables", _reads_report, _figures,
-          upstream=("aggregate",)),
+          upstream=("aggregate",), report=True),
     Stage("adapters", "count the domain-specific parameters of every adapter (study networks, ViT-B16, ResNet-50)",
-          _reads_adapters, _adapters),
+          _reads_adapters, _adapters, report=True),
     Stage("shift_suite", "write the shift suite (corruptions, sketch) of the test set", _reads_shift_suite,
           _shift_suite, job=True, upstream=("prepare",)),
     Stage("shift_reference", "train the reference model whose mistakes make the hard subset",
@@ -413,24 +415,62 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
     Stage("shift", "accuracy of one run at every soup weight on every shift, and k-shot adaptation",
           _reads_shift, _shift, per_run=True, job=True, upstream=("shift_suite", "shift_hard", "train")),
     Stage("shift_table", "collect the shift metric files into the experiment's shift tables and summary",
-          _reads_shift_report, _shift_table, upstream=("shift",)),
+          _reads_shift_report, _shift_table, upstream=("shift",), report=True),
     Stage("shift_figure", "draw the shift figure from the shift tables", _reads_shift_report, _shift_figure,
-          upstream=("shift_table",)),
+          upstream=("shift_table",), report=True),
     Stage("shift_real", "accuracy of one run at every soup weight on one published shifted ImageNet set (--set), "
           "the k-shot and the oracle soup", _reads_shift_real, _shift_real, per_run=True, job=True,
           upstream=("train",), per_set=True),
     Stage("shift_real_table", "collect the shift_real metric files into the paper's table (ImageNet-C mCE, top-1 "
           "of -A, -R, -Sketch), the curves and a summary", _reads_shift_real_report, _shift_real_table,
-          upstream=("shift_real",)),
+          upstream=("shift_real",), report=True),
     Stage("shift_real_figure", "draw accuracy against soup weight per published shifted ImageNet set",
-          _reads_shift_real_report, _shift_real_figure, upstream=("shift_real_table",)),
+          _reads_shift_real_report, _shift_real_figure, upstream=("shift_real_table",), report=True),
     Stage("regime", "the gain of co-training over the nominal model's clean accuracy against the training-set size "
           "and schedule, beside the nominal model's train-test gap (figure, table, statements)", _reads_regime,
-          _regime, upstream=("evaluate",)),
+          _regime, upstream=("evaluate",), report=True),
     Stage("results_page", "write the experiment's results page (docs/results/<experiment>.md) from its report",
-          _reads_report, _results_page, upstream=("aggregate", "shift_table", "shift_real_table")),
+          _reads_report, _results_page, upstream=("aggregate", "shift_table", "shift_real_table"), report=True),
 )}
 JOB_STAGES = tuple(name for name, s in STAGES.items() if s.job)
+
+
+# ---- an experiment's DAG, in two halves: the jobs that make metric files, the report made from them ----------
+
+def _upstream_of(names: List[str]) -> List[str]:
+    """The named stages and every stage they read from, transitively, in registry order."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(get(name).upstream)
+    return [n for n in STAGES if n in seen]
+
+
+def report_stages(cfg: Config) -> List[str]:
+    """The report stages of this experiment, in the order they run: those its report targets need, then the
+    results page (`advsoup report`, DVC's `figures` stage; Snakemake's `rule all` builds the same files)."""
+    return [n for n in _upstream_of(report_targets(cfg)) if get(n).report] + ["results_page"]
+
+
+def metric_stages(cfg: Config) -> List[str]:
+    """The per-run job stages whose metric files this experiment's report reads (Snakemake's target `metrics`,
+    DVC's `experiment` stage): e.g. train and evaluate for report.targets [regime]; with the default report also
+    soups, robustness and the shift study the dataset has."""
+    return [n for n in _upstream_of(report_targets(cfg)) if get(n).job and get(n).per_run and runs_of(cfg, n)]
+
+
+def runs_of(cfg: Config, name: str) -> List[str]:
+    """The run ids a per-run stage runs for: soups only for runs with two domains to interpolate, the synthetic
+    shift study only for datasets held as arrays, shift_real only with a published set configured."""
+    if name == "soups":
+        return soup_run_ids(cfg)
+    if name == "shift" and not synthetic_shifts(cfg):
+        return []
+    if name == "shift_real" and not real_shift_sets(cfg):
+        return []
+    return run_ids(cfg)
 
 
 def get(name: str) -> Stage:

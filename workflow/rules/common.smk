@@ -23,7 +23,7 @@ from snakemake.exceptions import WorkflowError
 
 from advsoup import provenance, stages
 from advsoup.cli import OVERRIDES_ENV
-from advsoup.config import ConfigError, Paths, dotlist, load_config, run_ids, soup_run_ids
+from advsoup.config import ConfigError, Paths, dotlist, load_config, run_ids
 from advsoup.config.preflight import preflight
 from advsoup.shift.names import REAL_SET_KEYS
 
@@ -40,14 +40,16 @@ except ConfigError as exc:
 
 PATHS = Paths(CFG)
 RUNS = run_ids(CFG)
-SOUP_RUNS = soup_run_ids(CFG)
+SOUP_RUNS = stages.runs_of(CFG, "soups")
 # The shift study (advsoup.stages decides): the synthetic suite for datasets held as arrays, the published
 # shifted ImageNet sets that are configured (the others are skipped; preflight checked these).
-SHIFT_RUNS = RUNS if stages.synthetic_shifts(CFG) else []
+SHIFT_RUNS = stages.runs_of(CFG, "shift")
 REAL_SHIFT_SETS = stages.real_shift_sets(CFG)
 SHIFT_FIGURES = stages.shift_figure_stages(CFG)
 # The report stages `rule all` builds and the results page waits for (report.targets; by default the full report).
 REPORT_TARGETS = stages.report_targets(CFG)
+# The per-run job stages whose metric files the report reads (`rule metrics`, DVC's experiment stage).
+METRIC_STAGES = stages.metric_stages(CFG)
 LOGS = PATHS.logs
 ADVSOUP = " ".join(["advsoup {stage}"] + [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES])
 # The jobs get the overrides through the environment, not their command line: a
@@ -120,3 +122,9 @@ def benchmark(stage, run=False, set=False):
 def outputs(names):
     """The outputs of the named rules (rules defined by then), e.g. outputs(SHIFT_FIGURES) in `rule all`."""
     return [str(f) for name in names for f in getattr(rules, name).output]
+
+
+def per_run_outputs(stage):
+    """Every output of a per-run stage, over the runs (and published sets) it runs for (advsoup.stages.runs_of)."""
+    sets = {"set": REAL_SHIFT_SETS} if stages.get(stage).per_set else {}
+    return expand([str(f) for f in getattr(rules, stage).output], run=stages.runs_of(CFG, stage), **sets)

@@ -48,14 +48,10 @@ rule figures:
 
 
 rule metrics:
-    # Every run trained and evaluated, nothing aggregated: the target of DVC's `experiment` stage.
+    # Every metric file the experiment's report reads (advsoup.stages.metric_stages), nothing aggregated: the
+    # target of DVC's `experiment` stage.
     input:
-        rules.aggregate.input.evals,
-        rules.aggregate.input.soups,
-        rules.aggregate.input.robustness,
-        rules.aggregate.input.records,
-        expand(rules.shift.output.metrics, run=SHIFT_RUNS),
-        expand(rules.shift_real.output.metrics, run=RUNS, set=REAL_SHIFT_SETS),
+        [per_run_outputs(stage) for stage in METRIC_STAGES],
 
 
 rule results_page:

@@ -84,8 +84,9 @@ class Paths:
 
     @property
     def shift_suite(self) -> Path:
-        """The corruption/sketch sets: a data-stage output (DVC cache), one per experiment's shift config."""
-        return Path(self.cfg.shift.dir) / self.cfg.experiment
+        """The corruption/sketch sets of the test set, derived data of this experiment's shift config: with its runs
+        (DVC's cache), beside the hard subset's reference model."""
+        return self.run_dir("shift_suite")
 
     @property
     def shift_reference(self) -> Path:
@@ -109,20 +110,26 @@ class Paths:
         return self.root / "report"
 
     @property
+    def summaries(self) -> Path:
+        """The report's JSON summaries and nothing else: DVC's metrics (`dvc metrics show|diff`), whichever of them
+        the experiment's report writes."""
+        return self.report / "summaries"
+
+    @property
     def summary(self) -> Path:
-        return self.report / "summary.json"
+        return self.summaries / "summary.json"
 
     @property
     def shift_summary(self) -> Path:
-        return self.report / "shift_summary.json"
+        return self.summaries / "shift_summary.json"
 
     @property
     def real_shift_summary(self) -> Path:
-        return self.report / "shift_real_summary.json"
+        return self.summaries / "shift_real_summary.json"
 
     @property
     def regime_summary(self) -> Path:
-        return self.report / "regime.json"
+        return self.summaries / "regime.json"
 
     @property
     def tables(self) -> Path:
@@ -139,7 +146,7 @@ class Paths:
 
     @property
     def parameters_summary(self) -> Path:
-        return self.report / "adapter_parameters.json"
+        return self.summaries / "adapter_parameters.json"
 
     @property
     def results_page(self) -> Path:

@@ -284,7 +284,6 @@ class RealShiftConfig:
 
 @dataclass
 class ShiftConfig:
-    dir: str = "data/shifts"
     seed: int = 0
     subset: int = 1000
     corruptions: List[str] = field(default_factory=lambda: list(CORRUPTIONS))
@@ -563,9 +562,8 @@ def _validate_report(cfg: Config, source: str) -> None:
         return
     from ..stages import STAGES  # the registry names the stages (it imports this module)
 
-    # stages over the whole experiment (no run, no job) that make a report part; the page comes after them
-    choices = tuple(n for n, st in STAGES.items() if not st.per_run and not st.job and n not in ("prepare",
-                                                                                                 "results_page"))
+    # the stages that make a report part; the page comes after them
+    choices = tuple(n for n, st in STAGES.items() if st.report and n != "results_page")
     _check(len(targets) > 0 and len(set(targets)) == len(targets), source, "report.targets",
            f"{list(targets)}: list one or more distinct report stages of {choices}, or leave the key out (null) "
            f"for the full report")
