@@ -1,4 +1,4 @@
-"""Collect the per-run metric files into results/summary.json and results/tables/*.csv.
+"""Collect the per-run metric files into report/summaries/summary.json and report/tables/*.csv.
 
 Every chosen number says what it was chosen on: a soup weight chosen on the
 validation split (``val_soup``) or on test itself (``oracle_soup``); AutoAttack

@@ -13,7 +13,7 @@ gap, per training-set size and schedule, from the runs' eval.json alone:
 * train-test gap = clean accuracy on the run's own training images (eval
   mode, no augmentation; ``evaluate.train_subset``) minus its test accuracy.
 
-Writes ``report/regime.json`` (the per-size numbers and the statements the
+Writes ``report/summaries/regime.json`` (the per-size numbers and the statements the
 results page prints), ``report/tables/regime.csv`` and ``report/figures/regime.png``.
 Torch-free, like the rest of :mod:`advsoup.report`.
 """

@@ -1,11 +1,11 @@
 """The shift tables, summary and figure, from the per-run shift.json files alone (no model is loaded).
 
-results/tables/shift.csv             accuracy of every run at every soup weight on every set and group
-results/tables/shift_adaptation.csv  every adaptation method per run and set/group: mean and spread over draws
-results/tables/shift_draws.csv       every method per run, group and draw (what the figure's spreads show)
-results/shift_summary.json           per variant, on average over the shifts: every method, and the gain of
+report/tables/shift.csv              accuracy of every run at every soup weight on every set and group
+report/tables/shift_adaptation.csv   every adaptation method per run and set/group: mean and spread over draws
+report/tables/shift_draws.csv        every method per run, group and draw (what the figure's spreads show)
+report/summaries/shift_summary.json  per variant, on average over the shifts: every method, and the gain of
                                      the k-shot soup over clean mode (mean and spread over seeds x draws)
-figures/shift.png                    per shift and on average, and mean corruption accuracy per severity
+report/figures/shift.png             per shift and on average, and mean corruption accuracy per severity
 """
 from __future__ import annotations
 
