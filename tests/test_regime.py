@@ -184,6 +184,7 @@ def test_the_regime_report_writes_figure_table_statements_and_page_section(tmp_p
     out.rename(paths.report)
     page = write_page(paths, tmp_path / "docs" / "synthetic.md").read_text()
     assert first in page and "![Gain and train-test gap" in page and "regime.png" in page
+    assert "### What the runs show about the claim" in page and "in 1 of 2 regimes" in page
     assert "| cotrain/token | 2500 | 32 |" in page
 
 
@@ -255,3 +256,28 @@ def workdir(tmp_path, prepared):
     target = tmp_path / "work" / "data" / "prepared" / "fashion_mnist"
     shutil.copytree(prepared, target)
     return tmp_path / "work"
+
+
+def test_the_verdict_says_where_the_gain_clears_the_seeds_spread_and_whether_it_follows_overfitting():
+    from advsoup.report.regime import setting_differences, verdict
+
+    rows = [("vit:cotrain/token", n, e, g, s, gap) for n, e, g, s, gap in
+            ((2500, 64, 0.5, 1.0, 20.0), (5000, 32, -0.2, 0.8, 12.0), (20000, 8, -2.0, 0.5, 3.0))]
+    table = pd.DataFrame([{"variant": v, "train_images": n, "epochs": e, "samples_seen": n * e, "seeds": 3,
+                           "gain_points_mean": g, "gain_points_std": s, "nominal_gap_points_mean": gap}
+                          for v, n, e, g, s, gap in rows])
+    first, weak, trend = verdict(table)
+    assert first.startswith("No regime of the 3 shows co-training above the nominal model by more than one")
+    assert "not reproduced here. Below it by more than one: " in first and "20,000 images, 8 epochs (-2.00 ± 0.50)" in first
+    assert "3-3 seeds is a weak test" in weak
+    # gains 0.5, -0.2, -2.0 against gaps 20, 12, 3: the same order
+    assert "the gain rises with the nominal model's train-test gap (Spearman rank correlation +1.00" in trend
+    table.loc[0, "gain_points_mean"] = 1.5
+    assert verdict(table)[0].startswith("Co-training lies above the nominal model by more than one standard deviation"
+                                        " of the paired differences in 1 of 3 regimes: the ViT co-trained with the "
+                                        "class-token adapter (clean mode) at 2,500 images, 64 epochs (+1.50 ± 1.00)")
+    cfg = load_config([REGIME])
+    lines = setting_differences(cfg.model, cfg.data.name, cfg.data.augment, cfg.train, table)
+    assert lines[0].startswith("model: here timm ViT (embed 64, depth 4, patch 7) on 28 px images with 1 channel(s)")
+    assert "data: here fashion_mnist: 2,500-20,000 training images, 10 classes" in lines[1]
+    assert "augmentation: here none; the paper RandAugment (timm)." in lines

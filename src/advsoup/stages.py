@@ -110,6 +110,13 @@ def _reads_report(cfg, run_id):
             "train_attack_model_mode": cfg.train.attack_model_mode}
 
 
+def _reads_results_page(cfg, run_id):
+    """The report's slice, and the setting the regime section sets beside the paper's (model, dataset,
+    augmentation, training recipe): a page renders in seconds, so a recipe edit re-renders it."""
+    return {**_reads_report(cfg, run_id), "setting": {"model": cfg.model, "data_name": cfg.data.name,
+                                                      "augment": cfg.data.augment, "train": cfg.train}}
+
+
 def _reads_regime(cfg, run_id):
     return {"runs": cfg.runs}
 
@@ -387,7 +394,7 @@ def _regime(s, paths, run_id):
 def _results_page(s, paths, run_id):
     from .report.page import write_page
 
-    print(f"wrote {write_page(paths, paths.results_page)}")
+    print(f"wrote {write_page(paths, paths.results_page, SimpleNamespace(**s.setting))}")
 
 
 STAGES: Dict[str, Stage] = {s.name: s for s in (
@@ -430,7 +437,7 @@ STAGES: Dict[str, Stage] = {s.name: s for s in (
           "and schedule, beside the nominal model's train-test gap (figure, table, statements)", _reads_regime,
           _regime, upstream=("evaluate",), report=True),
     Stage("results_page", "write the experiment's results page (docs/results/<experiment>.md) from its report",
-          _reads_report, _results_page, upstream=("aggregate", "shift_table", "shift_real_table"), report=True),
+          _reads_results_page, _results_page, upstream=("aggregate", "shift_table", "shift_real_table"), report=True),
 )}
 JOB_STAGES = tuple(name for name, s in STAGES.items() if s.job)
 

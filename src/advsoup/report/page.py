@@ -11,7 +11,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from types import SimpleNamespace
+from typing import Dict, List, Optional
 
 import pandas as pd
 
@@ -64,7 +65,9 @@ def _checkpoints(paths: Paths) -> List[str]:
     return out
 
 
-def write_page(paths: Paths, page: Path) -> Path:
+def write_page(paths: Paths, page: Path, setting_of: Optional[SimpleNamespace] = None) -> Path:
+    """The page; ``setting_of`` (model, data_name, augment, train: the page stage's slice) lets the regime section
+    set this experiment's setting beside the paper's."""
     regime = paths.regime_summary  # advsoup.report.regime: an experiment may have only this report
     if not paths.summary.is_file() and not regime.is_file():
         raise FileNotFoundError(f"{paths.summary} is missing: run `advsoup aggregate` (or `snakemake`) for "
@@ -80,10 +83,14 @@ def write_page(paths: Paths, page: Path) -> Path:
              "Every number below was computed from these checkpoints (run, sha256 prefix; "
              "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", ""]
     if regime.is_file():
-        from .regime import page_section
+        from .regime import page_section, setting_differences
 
         fig = paths.figures / "regime.png"
-        parts += page_section(regime, paths.tables / "regime.csv", _link(page, fig) if fig.is_file() else None)
+        table = pd.read_csv(paths.tables / "regime.csv")
+        setting = (setting_differences(setting_of.model, setting_of.data_name, setting_of.augment, setting_of.train,
+                                       table) if setting_of is not None else None)
+        parts += page_section(regime, paths.tables / "regime.csv", _link(page, fig) if fig.is_file() else None,
+                              setting)
     adapters = paths.tables / "adapters.csv"
     if adapters.is_file():
         parts += ["## Adapters: one row per variant (mean and std over seeds, accuracies in %)", "",
