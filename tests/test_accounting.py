@@ -67,5 +67,5 @@ def test_cli_stage_writes_the_table_and_summary(tmp_path, capsys):
     assert token.domain_parameters == 32  # the config's network, not a fixed one
     summary = json.loads((report / "summaries" / "adapter_parameters.json").read_text())
     assert summary["provenance"]["stage"] == "adapters"  # what it was computed from
-    assert summary["paper_check"]["ratio"] == 50.0 and len(summary["rows"]) == len(rows)
+    assert summary["paper_check"]["ratio"] == 50.0 and len(summary["adapters"]) == len(rows)
     assert "50x as many" in capsys.readouterr().out

@@ -68,6 +68,7 @@ def test_dvc_repro_runs_an_imagenet_experiment(tmp_path, env, image_folder):  # 
     assert _jobs(out) == {"train", "evaluate", "soups", "robustness", "metrics"}, out[-3000:]
     assert (repo / "data" / "prepared" / "imagenet" / "train_files.tsv").is_file()
     assert set(files) == {"summary.json", "adapter_parameters.json"}
+    assert files["adapter_parameters.json"]["adapters"]["vit_b16 token"]["domain_parameters"] == 768
     assert set(files["summary.json"]["runs"]) == {"nominal-s0", "token-s0"}
     report = repo / "results" / name / "report"
     assert (report / "figures" / "soup_curve.png").is_file() and not (report / "figures" / "shift.png").exists()
@@ -91,5 +92,8 @@ def test_dvc_repro_runs_an_experiment_with_report_targets(tmp_path, env):
     out, files = _repro_and_check(repo, env, name)
     assert _jobs(out) == {"train", "evaluate", "metrics"}, out[-3000:]
     assert set(files) == {"regime.json"}
-    assert [row["train_images"] for row in files["regime.json"]["rows"]] == [256, 512]
+    # every regime's numbers are DVC metrics (keyed, not a list: DVC drops lists)
+    regimes = files["regime.json"]["regimes"]
+    assert [r["train_images"] for r in regimes.values()] == [256, 512]
+    assert all(isinstance(r["gain_points_mean"], float) for r in regimes.values())
     assert not list((repo / "results" / name / "metrics").rglob("soups.json"))

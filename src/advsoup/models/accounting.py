@@ -105,10 +105,11 @@ def paper_check(rows: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def write_accounting(model: ModelConfig, table: Path, summary: Path) -> Dict[str, object]:
-    """The CSV of every (network, adapter) and a JSON with the same rows and the paper check."""
+    """The CSV of every (network, adapter) and a JSON with the same rows, keyed '<network> <adapter>' (DVC's
+    metrics drop lists), and the paper check."""
     rows = parameter_table(model)
     check = paper_check(rows)
     with atomic_path(table) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    write_json(summary, {"rows": rows, "paper_check": check})
+    write_json(summary, {"adapters": {f"{r['network']} {r['adapter']}": r for r in rows}, "paper_check": check})
     return check

@@ -249,7 +249,9 @@ def regime_report(experiment: str, eval_files: Sequence[Path], summary_path: Pat
                        "training-set size and epochs; mean and sample std over the paired seeds, in points",
                "gap": "clean accuracy on the run's first N training images (eval mode, no augmentation) minus its "
                       "clean test accuracy, in points",
-               "paper": PAPER, "rows": json.loads(table.to_json(orient="records")),
+               # keyed, not a list: DVC's metrics (`dvc metrics show|diff`) drop lists
+               "paper": PAPER, "regimes": {f"{r['variant']} n{r['train_images']} e{r['epochs']}": r
+                                           for r in json.loads(table.to_json(orient="records"))},
                "statements": statements(table), "trend": _trend(table)}
     write_json(summary_path, summary)
     return summary
