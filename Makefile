@@ -45,7 +45,7 @@ study: setup
 	@advsoup where --config params/experiments/study.yaml
 
 # Issue 15: where does co-training raise clean accuracy? Train + evaluate + the regime report only
-# (report.targets: [regime] in the experiment file): ~2-2.3 h on 2 idle cores.
+# (report.targets: [regime] in the experiment file): ~1.7-2 h on 2 idle cores.
 regime: setup
 	@advsoup runs --config params/experiments/regime.yaml > /dev/null
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/regime.yaml
