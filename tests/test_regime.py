@@ -229,7 +229,7 @@ def test_the_regime_dag_runs_train_evaluate_regime_and_the_page_only(workdir, tm
     assert table["train_images"].tolist() == [256, 512] and (table["seeds"] == 1).all()
     summary = json.loads((root / "report" / "summaries" / "regime.json").read_text())
     assert summary["provenance"]["stage"] == "regime"
-    assert list(summary["regimes"]) == ["vit:cotrain/token n256 e1", "vit:cotrain/token n512 e1"]
+    assert list(summary["regimes"]) == ["cotrain/token n256 e1", "cotrain/token n512 e1"]
     for n, row in zip((256, 512), summary["regimes"].values()):
         ev = {k: json.loads((root / "metrics" / f"{k}_n{n}-s0" / "eval.json").read_text()) for k in ("nominal", "token")}
         assert ev["nominal"]["train_accuracy"]["images"] == 200
