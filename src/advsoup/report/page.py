@@ -83,14 +83,11 @@ def write_page(paths: Paths, page: Path, setting_of: Optional[SimpleNamespace] =
              "Every number below was computed from these checkpoints (run, sha256 prefix; "
              "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", ""]
     if regime.is_file():
-        from .regime import page_section, setting_differences
+        from .regime import page_section
 
         fig = paths.figures / "regime.png"
-        table = pd.read_csv(paths.tables / "regime.csv")
-        setting = (setting_differences(setting_of.model, setting_of.data_name, setting_of.augment, setting_of.train,
-                                       table) if setting_of is not None else None)
         parts += page_section(regime, paths.tables / "regime.csv", _link(page, fig) if fig.is_file() else None,
-                              setting)
+                              setting_of)
     adapters = paths.tables / "adapters.csv"
     if adapters.is_file():
         parts += ["## Adapters: one row per variant (mean and std over seeds, accuracies in %)", "",

@@ -326,9 +326,10 @@ def setting_differences(model: Any, data_name: str, augment: Any, train: Any, ta
 
 
 def page_section(summary_path: Path, table_path: Path, figure_link: Optional[str],
-                 setting: Optional[List[str]] = None) -> List[str]:
-    """The results page's section: the figure, the table, the generated statements and verdict, and the setting
-    beside the paper's (every sentence generated from the numbers and the config)."""
+                 setting_of: Any = None) -> List[str]:
+    """The results page's section: the figure, the table, the generated statements and verdict, and, given the
+    page stage's setting (model, data_name, augment, train), the setting beside the paper's (every sentence
+    generated from the numbers and the config)."""
     summary = json.loads(summary_path.read_text())
     table = pd.read_csv(table_path)
     parts = ["## Does co-training raise clean accuracy? Gain over the nominal model against the training regime", "",
@@ -343,7 +344,9 @@ def page_section(summary_path: Path, table_path: Path, figure_link: Optional[str
     parts += [f"- {s}" for s in summary["statements"]] + [""]
     parts += [f"- {s}" for s in summary["trend"]] + ([""] if summary["trend"] else [])
     parts += ["### What the runs show about the claim", ""] + [f"- {s}" for s in verdict(table)] + [""]
-    if setting:
+    if setting_of is not None:
+        setting = setting_differences(setting_of.model, setting_of.data_name, setting_of.augment, setting_of.train,
+                                      table)
         parts += ["### This setting beside the paper's", "",
                   "Each item could decide whether adversarial examples act as a regulariser here:", ""]
         parts += [f"- {s}" for s in setting] + [""]

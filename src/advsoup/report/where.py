@@ -23,12 +23,12 @@ def where(paths: Paths) -> None:
     exp = paths.cfg.experiment
     summary = read_summary(paths.summary)
     print(f"\nExperiment '{exp}': everything under {paths.root}/")
-    print(f"  report   {paths.report}/  {_present(paths.report, '*.json')}")
-    print(f"  tables   {paths.tables}/  {_present(paths.tables, '*.csv')}")
-    print(f"  figures  {paths.figures}/  {_present(paths.figures, '*.png')}")
-    print(f"  metrics  {paths.root / 'metrics'}/<run>/  eval.json, soups.json, robustness.json, shift.json, "
+    print(f"  summaries {paths.summaries}/  {_present(paths.summaries, '*.json')}")
+    print(f"  tables    {paths.tables}/  {_present(paths.tables, '*.csv')}")
+    print(f"  figures   {paths.figures}/  {_present(paths.figures, '*.png')}")
+    print(f"  metrics   {paths.root / 'metrics'}/<run>/  eval.json, soups.json, robustness.json, shift.json, "
           "shift_<set>.json, train_log.csv, checkpoint.json (in git)")
-    print(f"  runs     {paths.root / 'runs'}/<run>/  weights, training state, resolved config, log (DVC cache)")
+    print(f"  runs      {paths.root / 'runs'}/<run>/  weights, training state, resolved config, log (DVC cache)")
     if summary:
         a = summary["attack"]
         print(f"\nrobust = {a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} test images")
