@@ -115,6 +115,24 @@ def test_dag_runs_data_then_experiment_then_figures(tmp_path, env):
     assert edges == {("prepare", "experiment"), ("experiment", "figures")}, dot
 
 
+def test_the_site_file_in_pipeline_yaml_reaches_every_stage(tmp_path, env):
+    """params/pipeline.yaml `site:` layers a site file over the experiment file in every stage: a data.source_dir
+    set there is the one prepare reads (the error names it), and DVC tracks the file as each stage's params."""
+    repo = make_repo(tmp_path, env)
+    nowhere = tmp_path / "no-such-dataset"
+    (repo / "params" / "my-site.yaml").write_text(f"data: {{source_dir: {nowhere}}}\n")
+    pipeline = repo / "params" / "pipeline.yaml"
+    pipeline.write_text(re.sub(r"(?m)^site: .*$", "site: params/my-site.yaml", pipeline.read_text()))
+    assert yaml.safe_load(pipeline.read_text())["site"] == "params/my-site.yaml"
+    proc = sh(["dvc", "repro", "prepare"], repo, env, check=False)
+    assert proc.returncode != 0
+    assert str(nowhere) in proc.stdout + proc.stderr and "data.source_dir" in proc.stdout + proc.stderr
+    status = json.loads(sh(["dvc", "status", "--json"], repo, env).stdout)
+    for stage in ("prepare", "experiment", "figures"):
+        changed = json.dumps(status[stage])
+        assert "params/my-site.yaml" in changed, (stage, changed)
+
+
 def test_data_round_trip_through_the_default_remote(tmp_path, env):
     """The data stage for real, pushed to ~/dvc-remote/advsoup and pulled into a fresh clone."""
     repo = make_repo(tmp_path, env)
