@@ -17,7 +17,7 @@ from advsoup import stages
 from advsoup.config import EXPERIMENTS_DIR, ConfigError, Paths, load_config
 from advsoup.config.preflight import preflight
 from advsoup.data.prepared import balanced_order, load_split, load_validation
-from advsoup.report.regime import regime_report, regime_table, run_rows
+from advsoup.report.regime import regime_report, regime_table, run_rows, schedules
 
 TINY = EXPERIMENTS_DIR / "tiny.yaml"
 REGIME = EXPERIMENTS_DIR / "regime.yaml"
@@ -160,6 +160,17 @@ def test_the_regime_table_pairs_seeds_and_gives_gain_and_gap(tmp_path):
     assert math.isclose(small["nominal_clean_acc_mean"], 0.81) and math.isclose(small["clean_acc_mean"], 0.83)
     # the co-trained model's own gap at 2500: 90% - 82/82/85% -> 8, 8, 5 points
     assert math.isclose(small["gap_points_mean"], 7.0)
+
+
+def test_a_size_run_with_the_long_schedule_only_lies_on_the_long_line():
+    """regime.yaml's grid: long (~160k samples) and short (40k) at 2.5k/5k/20k, long only at 59k (3 epochs).
+    The 59k point belongs to the long line; ranking epochs within each size put it on the short one."""
+    grid = [(2500, 64), (2500, 16), (5000, 32), (5000, 8), (20000, 8), (20000, 2), (59000, 3)]
+    table = pd.DataFrame([{"variant": "cotrain/token", "train_images": n, "epochs": e, "samples_seen": n * e}
+                          for n, e in grid])
+    line = dict(zip(zip(table["train_images"], table["epochs"]), schedules(table)))
+    assert line[(59000, 3)] == line[(2500, 64)] == "64/32/8/3 epochs at 2.5k/5k/20k/59k"
+    assert line[(2500, 16)] == line[(20000, 2)] == "16/8/2 epochs at 2.5k/5k/20k"
 
 
 def test_the_regime_report_writes_figure_table_statements_and_page_section(tmp_path):

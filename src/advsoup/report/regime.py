@@ -19,11 +19,13 @@ Torch-free, like the rest of :mod:`advsoup.report`.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, write_json
@@ -148,17 +150,28 @@ def _trend(table: pd.DataFrame) -> List[str]:
 
 
 def schedules(table: pd.DataFrame) -> pd.Series:
-    """A line of the figure per variant and schedule: at each size, the i-th shortest of the variant's epochs
-    there is schedule i. Labelled by its epochs per size ('8 epochs', or '64/32/8 epochs at 2.5k/5k/20k')."""
-    rank = table.groupby(["variant", "train_images"])["epochs"].rank(method="dense").astype(int)
+    """A line of the figure per variant and schedule. The size with the most schedules defines them; a point at
+    another size joins the schedule nearest in samples seen (log scale, order kept), so a size run with the long
+    schedule only (59k x 3 epochs beside 2.5k x 64) lies on the long line, not the short one. Labelled by its
+    epochs per size ('8 epochs', or '64/32/8/3 epochs at 2.5k/5k/20k/59k')."""
+    line = pd.Series(0, index=table.index)
+    for _, grp in table.groupby("variant"):
+        counts = grp.groupby("train_images")["samples_seen"].nunique()
+        ref = np.log(np.sort(grp.loc[grp["train_images"] == counts.idxmax(), "samples_seen"].unique()))
+        for _, at_size in grp.groupby("train_images"):
+            at_size = at_size.sort_values("samples_seen")
+            seen = np.log(at_size["samples_seen"].to_numpy())
+            best = min(itertools.combinations(range(len(ref)), len(seen)),
+                       key=lambda pick: float(np.abs(ref[list(pick)] - seen).sum()))
+            line[at_size.index] = best
     labels = {}
-    for (variant, i), grp in table.assign(rank=rank).groupby(["variant", "rank"]):
+    for (variant, i), grp in table.assign(line=line).groupby(["variant", "line"]):
         grp = grp.sort_values("train_images")
         ep = grp["epochs"].unique()
         labels[(variant, i)] = (f"{ep[0]} epochs" if len(ep) == 1 else
                                 f"{'/'.join(map(str, grp['epochs']))} epochs at "
                                 f"{'/'.join(_size(n) for n in grp['train_images'])}")
-    return pd.Series([labels[(v, i)] for v, i in zip(table["variant"], rank)], index=table.index)
+    return pd.Series([labels[(v, i)] for v, i in zip(table["variant"], line)], index=table.index)
 
 
 def _size(n: int) -> str:
