@@ -74,11 +74,14 @@ def _run_slice(cfg: Config, run_id: Optional[str]) -> Dict[str, Any]:
 
 # ---- what each stage reads ------------------------------------------------------------------
 
-def _data(cfg, validation: bool = False, run_id: Optional[str] = None):
-    """data without the validation split's size unless the stage reads that split (a val_size edit retrains nothing);
-    with a run, its own training-set size (runs.<name>.train_size) in data.train_size."""
+def _data(cfg, validation: bool = False, run_id: Optional[str] = None, training_images: bool = False):
+    """data without the validation split's size unless the stage reads that split, or reads training images that it
+    picks (``training_images``: a file dataset's train_size 0 is all but the validation split), so that a val_size
+    edit retrains nothing otherwise; with a run, its own training-set size (runs.<name>.train_size) in
+    data.train_size."""
     data = split_run_id(cfg, run_id)[1].resolve_data(cfg.data) if run_id is not None else cfg.data
-    return data if validation else blank(data, "val_size")
+    decides = training_images and not _held_as_arrays(data) and not data.train_size and data.val_size > 0
+    return data if validation or decides else blank(data, "val_size")
 
 
 def _reads_prepare(cfg, run_id):
@@ -86,13 +89,15 @@ def _reads_prepare(cfg, run_id):
 
 
 def _reads_train(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg, cfg.train.val_every > 0, run_id), "model": cfg.model,
-            "train": split_run_id(cfg, run_id)[1].resolve_train(cfg.train)}
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, cfg.train.val_every > 0, run_id, training_images=True),
+            "model": cfg.model, "train": split_run_id(cfg, run_id)[1].resolve_train(cfg.train)}
 
 
 def _reads_evaluate(cfg, run_id):
-    return {**_run_slice(cfg, run_id), "data": _data(cfg, run_id=run_id), "model": cfg.model,
-            "evaluate": blank(cfg.evaluate, "soup_weights", "robustness")}
+    # evaluate.train_subset measures the run's training images
+    return {**_run_slice(cfg, run_id), "data": _data(cfg, run_id=run_id,
+                                                     training_images=cfg.evaluate.train_subset is not None),
+            "model": cfg.model, "evaluate": blank(cfg.evaluate, "soup_weights", "robustness")}
 
 
 def _reads_soups(cfg, run_id):

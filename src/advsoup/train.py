@@ -29,10 +29,9 @@ from timm.scheduler import CosineLRScheduler
 from . import checkpoint as ckpt
 from .atomic import write_text
 from .robust.attacks import pgd
-from .robust.evaluate import clean_accuracy
+from .robust.stream import Images, Measure, open_validation
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
 from .data.loaders import to_device, train_batches
-from .data.prepared import load_validation
 from .logs import progress, setup_logging
 from .models import build_model
 from .models.adapters import AdaptedModel
@@ -101,11 +100,13 @@ def _loss(job: TrainJob, model: AdaptedModel, x: torch.Tensor, y: torch.Tensor,
                   "adv_acc": (logits[b:].argmax(1) == hard).float().mean().item()}
 
 
-def _validation(model: AdaptedModel, val: tuple, batch_size: int, device: torch.device) -> Dict[str, float]:
-    """Clean accuracy on the held-out validation split in clean mode, and in robust mode with an adapter."""
+def _validation(model: AdaptedModel, val: Images, batch_size: int, device: torch.device) -> Dict[str, float]:
+    """Clean accuracy on the held-out validation split in clean mode, and in robust mode with an adapter (a file
+    dataset's split streamed batch by batch)."""
     model.eval()  # the training loop sets train mode again at the start of every epoch
     weights = (0.0,) if model.adapter == "none" else (0.0, 1.0)
-    return {f"val_acc_w{w:g}": round(clean_accuracy(model, *val, w, batch_size, device), 5) for w in weights}
+    measure = Measure(model, None, device)
+    return {f"val_acc_w{w:g}": round(measure.clean(val, "validation", w, batch_size), 5) for w in weights}
 
 
 def _csv(rows: List[Dict[str, Any]]) -> str:
@@ -184,8 +185,7 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
                                                    "epoch_sums": sums, "restart": restart},
                             scale.rng_state(rt.device))
 
-    val = load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors() \
-        if t.val_every and rt.is_main else None
+    val = open_validation(job.data, job.model.img_size, job.prepared) if t.val_every and rt.is_main else None
     step = start_step
     while step < total_steps:
         epoch, first = divmod(step, steps_per_epoch)

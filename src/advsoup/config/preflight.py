@@ -39,10 +39,17 @@ def _check_sizes(cfg: Config, source: str) -> None:
     _check(total is None or d.train_size + d.val_size <= total, source, "data.train_size",
            f"data.train_size={d.train_size} + data.val_size={d.val_size} exceed the {total} training images of "
            f"{d.name}; lower them")
-    images = d.train_size or total
+    # train_size 0 with a validation split (a file dataset's; the schema refuses it for arrays): all but the split
+    _check(total is None or d.train_size or d.val_size < total, source, "data.val_size",
+           f"{d.val_size} would hold out all the {total} training images of {d.name} (data.train_size: 0 trains on "
+           f"the others); lower data.val_size")
+    images = d.train_size or (total and total - d.val_size)
+    held_out = not d.train_size and d.val_size
+    of = ("data.train_size" if d.train_size else
+          f"{d.name}'s {total} minus data.val_size={d.val_size}" if held_out else d.name)
     _check(images is None or t.batch_size <= images, source, "train.batch_size",
-           f"{t.batch_size} exceeds the {images} training images "
-           f"({'data.train_size' if d.train_size else d.name}): not one batch per epoch; lower train.batch_size")
+           f"{t.batch_size} exceeds the {images} training images ({of}): not one batch per epoch; lower "
+           f"train.batch_size" + (" or data.val_size" if held_out else ""))
     for name, run in cfg.runs.items():  # a run's own training set (runs.<name>.train_size) obeys the same limits
         if run.train_size is None:
             continue

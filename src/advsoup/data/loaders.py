@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import AugmentConfig, DataConfig
 from .imagefolder import read_file_list
-from .prepared import MANIFEST, balanced_subset, load_split
+from .prepared import MANIFEST, balanced_subset, load_split, split_training
 from .sampler import EpochBatchSampler
 
 
@@ -118,13 +118,34 @@ def _manifest(prepared: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int], size: int) -> Sequence[int]:
+    """Which files of a file dataset's list a split reads: the class-balanced first ``size`` (0 = all).
+
+    With a validation split (``data.val_size`` > 0: the last val_size of the training list's balanced order,
+    read as split ``validation``), ``train`` never reaches into it: its ``size`` 0 is every other image. The
+    validation split keeps that order, not the list's (sorted by class), so that a prefix of it (the attacked
+    ``evaluate.robust_subset``) spreads over the classes.
+    """
+    # None where a stage's slice blanks it: there it decides nothing this stage reads (advsoup.stages._data)
+    held = 0 if split == "test" else data.val_size or 0
+    if not held and split != "validation":
+        return balanced_subset(np.asarray(labels), size) if size and size < len(labels) else range(len(labels))
+    train, val = split_training(np.asarray(labels), data.train_size, held, str(prepared / "train_files.tsv"))
+    if split == "validation":
+        return val
+    return balanced_subset(np.asarray(labels), size) if size and size < len(train) else np.sort(train)
+
+
 def image_dataset(data: DataConfig, img_size: int, prepared: Path, split: str, size: int, seed: int,
                   training: bool) -> ImageDataset:
-    """The (class-balanced first ``size`` of the) split as an ImageDataset with training or evaluation transforms."""
+    """The (class-balanced first ``size`` of the) split as an ImageDataset with training or evaluation transforms.
+
+    A file dataset also has the split ``validation``, held out of its training list (:func:`_listed`).
+    """
     manifest = _manifest(prepared)
     if manifest.get("kind") == "files":
-        root, paths, sizes, labels = read_file_list(prepared, manifest, split)
-        keep = balanced_subset(np.asarray(labels), size) if size and size < len(labels) else range(len(labels))
+        root, paths, sizes, labels = read_file_list(prepared, manifest, "test" if split == "test" else "train")
+        keep = _listed(data, prepared, split, labels, size)
         read = _Files(root, [paths[i] for i in keep], [sizes[i] for i in keep])
         labels = [labels[i] for i in keep]
     else:

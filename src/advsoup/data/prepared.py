@@ -89,8 +89,29 @@ def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
         raise ValueError(f"data.val_size={val_size} validation images cannot be held out of the {n} training images "
                          f"beside data.train_size={train_size}: need 1 <= val_size and 1 <= train_size <= "
                          f"{n} - val_size")
-    idx = np.sort(balanced_order(train.labels)[n - val_size:])
+    idx = np.sort(split_training(train.labels, train_size, val_size, str(prepared))[1])
     return Split(train.images[idx], train.labels[idx], train.classes)
+
+
+def split_training(labels: np.ndarray, train_size: int, val_size: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices of a training split, in :func:`balanced_order`: its first ``train_size``
+    (0 = every image but the validation split) and its last ``val_size``, never sharing one.
+
+    ``where`` names the split's data in the error of a combination that does not fit.
+    """
+    if val_size < 1:
+        raise ValueError(f"data.val_size={val_size}: there is no validation split to read; set data.val_size > 0")
+    n = len(labels)
+    train = train_size or n - val_size
+    if train < 1 or train + val_size > n:
+        beside = (f"data.train_size={train_size}" if train_size else
+                  "data.train_size=0 (all the training images but the validation split)")
+        raise ValueError(f"data.val_size={val_size}: cannot hold out {val_size} of the {n} training images of {where} "
+                         f"beside {beside}; lower data.val_size to at most {max(n - (train_size or 1), 0)}"
+                         + (" or data.train_size" if train_size else "")
+                         + " (data.val_size: 0 = no validation split, every chosen soup an oracle)")
+    order = balanced_order(labels)
+    return order[:train], order[n - val_size:]
 
 
 def load_split(prepared: Path, split: str, size: int = 0) -> Split:

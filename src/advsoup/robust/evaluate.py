@@ -27,12 +27,11 @@ from .. import checkpoint as ckpt
 from ..atomic import write_json
 from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
 from ..data.loaders import eval_tensors
-from ..data.prepared import load_validation
 from ..logs import setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
-from .stream import Images, Measure, Partial, TensorImages, open_images
+from .stream import Images, Measure, Partial, TensorImages, open_images, open_validation
 
 
 @dataclass
@@ -156,7 +155,8 @@ def partial_key(job: EvalJob) -> Dict[str, Any]:
 def train_images_measured(train_size: int, subset: int) -> int:
     """How many training images ``evaluate.train_subset`` measures (0 = every one; the size load_split takes).
 
-    ``train_size`` is the run's data.train_size (0 = the whole split). The images are the first N of the same
+    ``train_size`` is the run's data.train_size (0 = the whole split; for a file dataset with a validation split,
+    all but that split, where advsoup.data.loaders also caps the measured images). The images are the first N of the same
     class-balanced order training takes its first ``train_size`` from, so they are always training images.
     """
     if train_size == 0:
@@ -213,7 +213,7 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
         out = {**base, "soup": accuracies(measure, images, "test", job.soup_weights, log)}
         if job.data.val_size:
             # The same sweep on held-out training images: a soup weight is chosen there, never on test.
-            val = TensorImages(*load_validation(job.prepared, job.data.train_size, job.data.val_size).tensors())
+            val = open_validation(job.data, job.model.img_size, job.prepared)
             log.info("validation split (%d held-out training images):", len(val))
             out.update(validation_images=len(val),
                        validation=accuracies(measure, val, "validation", job.soup_weights, log))

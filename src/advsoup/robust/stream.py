@@ -78,8 +78,9 @@ class TensorImages(Images):
 
 
 class FileImages(Images):
-    """A file dataset's split (the class-balanced first ``size``), decoded batch by batch by DataLoader workers
-    with the evaluation transforms; only images ``start:stop`` are read."""
+    """A file dataset's split (the class-balanced first ``size``; ``validation``: the images held out of the
+    training list), decoded batch by batch by DataLoader workers with the evaluation transforms; only images
+    ``start:stop`` are read."""
 
     def __init__(self, data: DataConfig, img_size: int, prepared: Path, split: str, size: int) -> None:
         from ..data.loaders import image_dataset
@@ -112,6 +113,17 @@ def open_images(data: DataConfig, img_size: int, prepared: Path, split: str, siz
     if _manifest(prepared).get("kind") == "files":
         return FileImages(data, img_size, prepared, split, size)
     return TensorImages(*load_split(prepared, split, size).tensors())
+
+
+def open_validation(data: DataConfig, img_size: int, prepared: Path) -> Images:
+    """The validation split (the last ``data.val_size`` of the training split's class-balanced order, which
+    training never reads): streamed from files for a file dataset, else held in memory as it always was."""
+    from ..data.loaders import _manifest
+    from ..data.prepared import load_validation
+
+    if _manifest(prepared).get("kind") == "files":
+        return FileImages(data, img_size, prepared, "validation", 0)
+    return TensorImages(*load_validation(prepared, data.train_size, data.val_size).tensors())
 
 
 # ---- the partial file ---------------------------------------------------------------------------------------
