@@ -187,7 +187,9 @@ def test_the_regime_report_writes_figure_table_statements_and_page_section(tmp_p
                             "83.00% vs 81.00%")
     assert "nominal model's train-test gap is 14.00 ± 1.00 points" in first
     assert "1.00 ± 1.00 points below the nominal model (within one standard deviation of zero): 85.00%" in second
-    assert "largest at 2,500 images" in summary["trend"][0]
+    # one line per variant and schedule: the gain at each size along it
+    assert summary["trend"] == ["The ViT co-trained with the class-token adapter (clean mode), 32/4 epochs at 2.5k/20k "
+                                "(80,000 samples seen): gain +2.00 ± 1.00 at 2.5k, -1.00 ± 1.00 at 20k."]
     # the results page shows it without the full report (no summary.json: an experiment with only this report)
     cfg = load_config([TINY], [f"results_dir={tmp_path}/results", "experiment=synthetic"])
     paths = Paths(cfg)
@@ -280,14 +282,14 @@ def test_the_verdict_says_where_the_gain_clears_the_seeds_spread_and_whether_it_
                           for v, n, e, g, s, gap in rows])
     first, weak, trend = verdict(table)
     assert first.startswith("No regime of the 3 shows co-training above the nominal model by more than one")
-    assert "not reproduced here. Below it by more than one: " in first and "20,000 images, 8 epochs (-2.00 ± 0.50)" in first
-    assert "3-3 seeds is a weak test" in weak
+    assert "not reproduced here. Below it by more than one: " in first and "20,000 images x 8 epochs (-2.00 ± 0.50)" in first
+    assert "over 3 seeds is a weak test" in weak
     # gains 0.5, -0.2, -2.0 against gaps 20, 12, 3: the same order
     assert "the gain rises with the nominal model's train-test gap (Spearman rank correlation +1.00" in trend
     table.loc[0, "gain_points_mean"] = 1.5
     assert verdict(table)[0].startswith("Co-training lies above the nominal model by more than one standard deviation"
                                         " of the paired differences in 1 of 3 regimes: the ViT co-trained with the "
-                                        "class-token adapter (clean mode) at 2,500 images, 64 epochs (+1.50 ± 1.00)")
+                                        "class-token adapter (clean mode) at 2,500 images x 64 epochs (+1.50 ± 1.00)")
     cfg = load_config([REGIME])
     lines = setting_differences(cfg.model, cfg.data.name, cfg.data.augment, cfg.train, table)
     assert lines[0].startswith("model: here timm ViT (embed 64, depth 4, patch 7) on 28 px images with 1 channel(s)")

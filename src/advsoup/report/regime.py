@@ -134,18 +134,27 @@ def statements(table: pd.DataFrame) -> List[str]:
 
 
 def _trend(table: pd.DataFrame) -> List[str]:
-    """Per variant and schedule: where the gain is largest and smallest, with the nominal gap there."""
-    out = []
-    for variant, grp in table.dropna(subset=["gain_points_mean"]).groupby("variant", sort=True):
-        if grp["train_images"].nunique() < 2:
+    """Per variant and schedule (a line of the figure): the gain at each training-set size, and whether it follows
+    the nominal model's train-test gap along that line."""
+    rows = table.dropna(subset=["gain_points_mean"])
+    out: List[str] = []
+    if rows.empty:
+        return out
+    for (variant, schedule), grp in rows.assign(schedule=schedules(rows)).groupby(["variant", "schedule"], sort=True):
+        if len(grp) < 2:
             continue
-        hi, lo = grp.loc[grp["gain_points_mean"].idxmax()], grp.loc[grp["gain_points_mean"].idxmin()]
-        gap = lambda r: ("" if pd.isna(r["nominal_gap_points_mean"])  # noqa: E731
-                         else f", nominal train-test gap {r['nominal_gap_points_mean']:.2f} points")
-        out.append(f"For {_label(variant)} the gain is largest at {hi['train_images']:,} images "
-                   f"({hi['epochs']} epochs: {hi['gain_points_mean']:+.2f} ± {hi['gain_points_std']:.2f} points"
-                   f"{gap(hi)}) and smallest at {lo['train_images']:,} ({lo['epochs']} epochs: "
-                   f"{lo['gain_points_mean']:+.2f} ± {lo['gain_points_std']:.2f}{gap(lo)}).")
+        grp = grp.sort_values("train_images")
+        seen = f"{grp['samples_seen'].min():,}" + (f"-{grp['samples_seen'].max():,}"
+                                                    if grp["samples_seen"].nunique() > 1 else "")
+        gains = ", ".join(f"{r.gain_points_mean:+.2f} ± {r.gain_points_std:.2f} at {_size(r.train_images)}"
+                          for r in grp.itertuples())
+        text = f"{_label(variant)[0].upper()}{_label(variant)[1:]}, {schedule} ({seen} samples seen): gain {gains}"
+        gap = grp.dropna(subset=["nominal_gap_points_mean"])
+        if len(gap) >= 3:
+            rho = gap["gain_points_mean"].corr(gap["nominal_gap_points_mean"], method="spearman")
+            text += (f"; the nominal model's train-test gap {', '.join(f'{g:.2f}' for g in gap['nominal_gap_points_mean'])}"
+                     f" (Spearman rank correlation with the gain {rho:+.2f})")
+        out.append(text + ".")
     return out
 
 
@@ -279,9 +288,10 @@ def verdict(table: pd.DataFrame) -> List[str]:
     above = tested[tested["gain_points_mean"] > tested["gain_points_std"]]
     below = tested[-tested["gain_points_mean"] > tested["gain_points_std"]]
 
-    def where(df: pd.DataFrame) -> str:
-        return "; ".join(f"{_label(r.variant)} at {r.train_images:,} images, {r.epochs} epochs "
-                         f"({r.gain_points_mean:+.2f} ± {r.gain_points_std:.2f})" for r in df.itertuples())
+    def where(df: pd.DataFrame) -> str:  # each variant named once, then its regimes
+        return "; ".join(f"{_label(variant)} at " + ", ".join(
+            f"{r.train_images:,} images x {r.epochs} epochs ({r.gain_points_mean:+.2f} ± {r.gain_points_std:.2f})"
+            for r in grp.itertuples()) for variant, grp in df.groupby("variant", sort=False))
 
     out = []
     if tested.empty:
@@ -295,8 +305,9 @@ def verdict(table: pd.DataFrame) -> List[str]:
                    f"differences in {len(above)} of {len(tested)} regimes: {where(above)}"
                    + (f". Below it by more than one: {where(below)}." if len(below) else "."))
     if len(tested):
-        out.append(f"One standard deviation over {int(tested['seeds'].min())}-{int(tested['seeds'].max())} seeds is a "
-                   f"weak test, not significance: read the per-seed dots of the figure.")
+        lo, hi = int(tested["seeds"].min()), int(tested["seeds"].max())
+        out.append(f"One standard deviation over {lo if lo == hi else f'{lo}-{hi}'} seeds is a weak test, not "
+                   f"significance: read the per-seed dots of the figure.")
     gap = rows.dropna(subset=["nominal_gap_points_mean"])
     if len(gap) >= 3:
         rho = gap["gain_points_mean"].corr(gap["nominal_gap_points_mean"], method="spearman")
