@@ -83,7 +83,7 @@ def test_dvc_prepares_the_experiments_dataset_and_never_depends_on_its_source(tm
     for exp in RECIPES:
         cfg = load_config([EXPERIMENTS_DIR / f"{exp}.yaml"])
         (tmp_path / "params" / "pipeline.yaml").write_text(
-            yaml.safe_dump({"exp": exp, "dataset": cfg.data.name, "profile": "slurm"}))
+            yaml.safe_dump({**pipeline, "exp": exp, "dataset": cfg.data.name, "profile": "slurm"}))
         stages = {s.name: s for s in Repo(str(tmp_path)).index.stages}
         prepared = f"data/prepared/{cfg.data.name}"
         assert [o.def_path for o in stages["prepare"].outs] == [prepared]
