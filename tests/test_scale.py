@@ -99,7 +99,8 @@ def test_imagenet_refuses_a_wrong_layout_saying_what_it_expected(tmp_path, image
     cfg = _cfg(tmp_path, image_folder, "imagenet", *IMAGENET)
     prepare(cfg.data, Paths(cfg).prepared)
     loader = eval_loader(dataclasses.replace(cfg.data, workers=0), 32, Paths(cfg).prepared, "test", 0, 4)
-    victim = image_folder / "val" / "n00000000" / "img_0.JPEG"
+    read = loader.dataset.read
+    victim = read.root / read.paths[0]  # in the first batch (the test split is read in class-balanced order)
     original = victim.read_bytes()
     try:
         victim.write_bytes(original + b"\0")

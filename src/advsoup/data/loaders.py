@@ -21,7 +21,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import AugmentConfig, DataConfig
 from .imagefolder import read_file_list
-from .prepared import MANIFEST, balanced_subset, load_split, split_training
+from .prepared import MANIFEST, balanced_order, balanced_subset, load_split, split_training
+from .registry import kind
 from .sampler import EpochBatchSampler
 
 
@@ -118,16 +119,34 @@ def _manifest(prepared: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int], size: int) -> Sequence[int]:
-    """Which files of a file dataset's list a split reads: the class-balanced first ``size`` (0 = all).
+def order_record(data: DataConfig) -> Dict[str, str]:
+    """``{"test_order": ...}`` for a file dataset, whose first N test images (those an attack measures) are the
+    first N of :func:`_listed`'s class-balanced order, not of its class-sorted list; ``{}`` for arrays, read in
+    their files' order as always.
 
-    With a validation split (``data.val_size`` > 0: the last val_size of the training list's balanced order,
-    read as split ``validation``), ``train`` never reaches into it: its ``size`` 0 is every other image. The
-    validation split keeps that order, not the list's (sorted by class), so that a prefix of it (the attacked
-    ``evaluate.robust_subset``) spreads over the classes.
+    Recorded beside the numbers measured on those images, and in the key of an evaluation's partial file: a
+    partial file written while the test split was read in list order holds other images' batches, and is discarded.
     """
+    if kind(data.name) != "files":
+        return {}
+    return {"test_order": "class-balanced: round-robin over the classes (advsoup.data.prepared.balanced_order), "
+                          "so any first N spans them"}
+
+
+def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int], size: int) -> Sequence[int]:
+    """Which files of a file dataset's list a split reads, in the order it reads them.
+
+    The list is sorted by class, so the test and validation splits are read in the class-balanced order
+    instead (:func:`balanced_order`): any prefix of them (the attacked ``evaluate.robust_subset``, AutoAttack's
+    and the robustness checks' subsets) spreads over the classes. Test: the first ``size`` (0 = all) of that
+    order, kept in it. With a validation split (``data.val_size`` > 0: the last val_size of the training list's
+    balanced order, read as split ``validation``), ``train`` never reaches into it: its ``size`` 0 is every
+    other image.
+    """
+    if split == "test":
+        return balanced_order(np.asarray(labels))[:size or None]
     # None where a stage's slice blanks it: there it decides nothing this stage reads (advsoup.stages._data)
-    held = 0 if split == "test" else data.val_size or 0
+    held = data.val_size or 0
     if not held and split != "validation":
         return balanced_subset(np.asarray(labels), size) if size and size < len(labels) else range(len(labels))
     train, val = split_training(np.asarray(labels), data.train_size, held, str(prepared / "train_files.tsv"))

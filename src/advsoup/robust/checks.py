@@ -35,7 +35,7 @@ import torch
 
 from ..atomic import write_json
 from ..config import EvaluateConfig
-from ..data.loaders import eval_tensors
+from ..data.loaders import eval_tensors, order_record
 from .evaluate import RunJob, load_run, pgd_record, robust_accuracy
 from ..logs import setup_logging
 from ..models.adapters import AdaptedModel
@@ -158,6 +158,7 @@ def run_robustness(job: RobustnessJob) -> Dict[str, Any]:
     r = job.evaluate.robustness
     checks += autoattack_checks(evaluation, r.tolerance, r.autoattack_max_gap)
     out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "attack": pgd_record(job.evaluate.attack, n),
+           **order_record(job.data),
            "settings": asdict(job.evaluate.robustness), "curves": grids, "checks": checks, **status(checks)}
     for c in checks:
         where = f" (w={c['w']:.2f})" if "w" in c else ""

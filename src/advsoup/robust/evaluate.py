@@ -5,6 +5,8 @@ accuracy attacks the model at the very weight it reports (PGD through
 ``model(., w)``), on the first ``evaluate.robust_subset`` test images. The
 final numbers of a run (clean and robust mode) add AutoAttack on the first
 ``evaluate.autoattack.subset`` images, with PGD on those same images beside it.
+A file dataset's test split is read in class-balanced order (its list is sorted
+by class), so these first images span the classes; the output says so (``test_order``).
 The soup sweep runs on the validation split too (``data.val_size`` training
 images the run did not train on), where a soup weight may be chosen.
 Every robust number is stored with the attack that produced it.
@@ -26,7 +28,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..atomic import write_json
 from ..config import AttackConfig, DataConfig, EvaluateConfig, ModelConfig, RunConfig
-from ..data.loaders import eval_tensors
+from ..data.loaders import eval_tensors, order_record
 from ..logs import setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
@@ -149,7 +151,7 @@ def partial_key(job: EvalJob) -> Dict[str, Any]:
                               "evaluate": job.evaluate}), sort_keys=True)
     return {"stage": "evaluate" if job.soup_weights is None else "soups",
             "config_digest": hashlib.sha256(text.encode()).hexdigest(),
-            "checkpoint_sha256": ckpt.load_model_meta(job.run_dir).get("weights_sha256")}
+            "checkpoint_sha256": ckpt.load_model_meta(job.run_dir).get("weights_sha256"), **order_record(job.data)}
 
 
 def train_images_measured(train_size: int, subset: int) -> int:
@@ -196,7 +198,7 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
     measure = Measure(model, job.evaluate, rt.device, partial)
     meta = ckpt.load_model_meta(job.run_dir)
     base = {"run": job.run_id, **{k: v for k, v in asdict(job.run).items() if v is not None}, "seed": job.seed,
-            "domain_parameters": model.num_domain_parameters(), "test_images": n_test,
+            "domain_parameters": model.num_domain_parameters(), "test_images": n_test, **order_record(job.data),
             # what the checkpoint was trained on and for (its model.json): the x axes of a training-regime study
             "train_images": meta.get("train_images"), "epochs": meta.get("epochs"),
             "attack": attack_record(job.evaluate, n_rob)}

@@ -78,9 +78,9 @@ class TensorImages(Images):
 
 
 class FileImages(Images):
-    """A file dataset's split (the class-balanced first ``size``; ``validation``: the images held out of the
-    training list), decoded batch by batch by DataLoader workers with the evaluation transforms; only images
-    ``start:stop`` are read."""
+    """A file dataset's split in class-balanced order (test: its first ``size``; ``validation``: the images held
+    out of the training list), decoded batch by batch by DataLoader workers with the evaluation transforms; only
+    images ``start:stop`` are read."""
 
     def __init__(self, data: DataConfig, img_size: int, prepared: Path, split: str, size: int) -> None:
         from ..data.loaders import image_dataset
