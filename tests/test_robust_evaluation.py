@@ -166,6 +166,35 @@ def test_autoattack_is_never_above_pgd(token):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_apgd_ensemble_counts_an_image_robust_only_if_it_survives_both_losses(token, monkeypatch):
+    """evaluate.attack.method: apgd-ce+apgd-dlr, on the trained model: per image the AND of APGD-CE's and APGD-DLR's
+    flags (so never above either), the second loss run only on the images the first left robust; the record names
+    both."""
+    from advsoup.robust import stream
+    from advsoup.robust.evaluate import pgd_record, robust_flags
+
+    model, x, y, cfg, _ = token
+    n = 60
+    ev = {m: dataclasses.replace(cfg.evaluate, attack=dataclasses.replace(cfg.evaluate.attack, method=m, steps=10))
+          for m in ("apgd-ce", "apgd-dlr", "apgd-ce+apgd-dlr")}
+    flags = {m: robust_flags(model, x[:n], y[:n], 1.0, e, CPU) for m, e in ev.items()}
+    print({m: int(f.sum()) for m, f in flags.items()})
+    assert torch.equal(flags["apgd-ce+apgd-dlr"], flags["apgd-ce"] & flags["apgd-dlr"])
+    assert 0 < int(flags["apgd-ce+apgd-dlr"].sum()) < n
+    seen = []
+    real = stream.autoattack.apgd_flags
+
+    def spy(model_, xb, yb, w, attack, device, seed=0):
+        seen.append((attack.method, len(yb)))
+        return real(model_, xb, yb, w, attack, device, seed)
+
+    monkeypatch.setattr(stream.autoattack, "apgd_flags", spy)
+    robust_flags(model, x[:n], y[:n], 1.0, ev["apgd-ce+apgd-dlr"], CPU)
+    assert seen == [("apgd-ce", n), ("apgd-dlr", int(flags["apgd-ce"].sum()))]
+    assert pgd_record(ev["apgd-ce+apgd-dlr"].attack, n)["name"] == "APGD-CE-10+APGD-DLR-10"
+    assert load_config([EXPERIMENTS_DIR / "tiny.yaml"], ["evaluate.attack.method=apgd-ce+apgd-dlr"])
+
+
 def test_pgd_agrees_with_the_adversarial_robustness_toolbox(token):
     """Same model, images, eps, steps, step size and random start: within 1.5 points of ART's PGD."""
     from art.attacks.evasion import ProjectedGradientDescentPyTorch

@@ -23,7 +23,9 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
-ATTACK_METHODS = ("pgd", "apgd-ce", "apgd-dlr")  # evaluation attacks (advsoup.robust); training always runs PGD
+# evaluation attacks (advsoup.robust); training always runs PGD. apgd-ce+apgd-dlr: both, an image robust only if
+# it survives each (advsoup.robust.stream.attack_batch)
+ATTACK_METHODS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-ce+apgd-dlr")
 ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.robust.attacks)
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")

@@ -68,7 +68,7 @@ def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
 
 
 def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
-    return {"name": f"{a.method.upper()}-{a.steps}", "norm": a.norm, "eps": a.eps, "steps": a.steps,
+    return {"name": "+".join(f"{m.upper()}-{a.steps}" for m in a.method.split("+")), "norm": a.norm, "eps": a.eps, "steps": a.steps,
             "step_size": a.step_size, "restarts": a.restarts, "random_start": a.random_start,
             "subset": n_robust}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -34,7 +35,7 @@ import torch
 from . import autoattack
 from .attacks import pgd
 from ..atomic import write_json
-from ..config import AutoAttackConfig, DataConfig, EvaluateConfig
+from ..config import AttackConfig, AutoAttackConfig, DataConfig, EvaluateConfig
 from ..logs import progress
 from ..models.adapters import AdaptedModel
 
@@ -205,10 +206,28 @@ def clean_batch(model: AdaptedModel, xb: torch.Tensor, yb: torch.Tensor, w: floa
 
 def attack_batch(model: AdaptedModel, xb: torch.Tensor, yb: torch.Tensor, w: float, ev: EvaluateConfig,
                  device: torch.device, gen: torch.Generator, seed: int) -> torch.Tensor:
-    """Per image, correct clean and under ``ev.attack`` (PGD from ``gen``, or APGD seeded with ``seed``)."""
-    if ev.attack.method != "pgd":
-        return autoattack.apgd_flags(model, xb, yb, w, ev.attack, device, seed)
-    x_adv = pgd(model, xb, yb, ev.attack, w=w, generator=gen, keep_fooling=True)
+    """Per image, correct clean and under ``ev.attack`` (PGD from ``gen``, or APGD seeded with ``seed``).
+
+    An ensemble (``apgd-ce+apgd-dlr``) counts an image robust only if it survives every attack; each attack runs
+    on the images the previous ones left robust, as AutoAttack runs its attacks (no single loss is the strongest
+    for every model: on the study's shared-BN ResNet APGD-CE won, on its dual-BN ResNets APGD-DLR)."""
+    methods = ev.attack.method.split("+")
+    if len(methods) == 1:
+        return _one_attack(model, xb, yb, w, ev.attack, device, gen, seed)
+    ok = torch.ones(len(yb), dtype=torch.bool)
+    for method in methods:
+        left = ok.nonzero().squeeze(1)
+        if len(left):
+            ok[left] = _one_attack(model, xb[left.to(xb.device)], yb[left.to(yb.device)], w,
+                                   replace(ev.attack, method=method), device, gen, seed)
+    return ok
+
+
+def _one_attack(model: AdaptedModel, xb: torch.Tensor, yb: torch.Tensor, w: float, attack: AttackConfig,
+                device: torch.device, gen: torch.Generator, seed: int) -> torch.Tensor:
+    if attack.method != "pgd":
+        return autoattack.apgd_flags(model, xb, yb, w, attack, device, seed)
+    x_adv = pgd(model, xb, yb, attack, w=w, generator=gen, keep_fooling=True)
     with torch.no_grad():
         return ((model(xb, w).argmax(1) == yb) & (model(x_adv, w).argmax(1) == yb)).cpu()
 
