@@ -196,7 +196,10 @@ def history(tmp_path_factory, env) -> SimpleNamespace:
 def experiment_cmd(repo: Path) -> list[str]:
     """The Snakemake command of DVC's experiment stage, as `dvc repro` runs it."""
     cmd = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["experiment"]["cmd"]
-    return cmd.replace("${profile}", "local").replace("${exp}", EXP).split()
+    pipeline = yaml.safe_load((repo / "params" / "pipeline.yaml").read_text())
+    for key, value in {**pipeline, "profile": "local", "exp": EXP}.items():  # DVC's vars
+        cmd = cmd.replace(f"${{{key}}}", str(value))
+    return cmd.split()
 
 
 def git_show(repo: Path, rev: str, path: str, env: dict) -> str:
