@@ -99,7 +99,7 @@ def test_the_validation_split_is_the_last_n_of_the_balanced_order_streamed_with_
     prepared = _prepared(cfg)
     for train_size in (0, 100):  # the same images whatever the training set takes from the front of the order
         data = dataclasses.replace(cfg.data, train_size=train_size)
-        val = stream.open_validation(data, 32, prepared)
+        val = stream.open_images(data, 32, prepared, "validation")
         assert isinstance(val, stream.FileImages) and len(val) == VAL
         assert val.dataset.read.paths == _held_out(prepared)
     _, labels = _listed(prepared)
@@ -164,10 +164,10 @@ def test_an_impossible_val_size_is_refused_naming_data_val_size(tmp_path, image_
     with pytest.raises(ValueError, match=r"data\.val_size=200.*200 training images.*lower data\.val_size"):
         loaders.train_batches(cfg.data, 32, prepared, seed=0, batch_size=10)
     with pytest.raises(ValueError, match=r"data\.val_size"):
-        stream.open_validation(cfg.data, 32, prepared)
+        stream.open_images(cfg.data, 32, prepared, "validation")
     beside = dataclasses.replace(cfg.data, train_size=180, val_size=VAL)  # 180 + 30 > 200
     with pytest.raises(ValueError, match=r"data\.val_size=30.*data\.train_size=180"):
-        stream.open_validation(beside, 32, prepared)
+        stream.open_images(beside, 32, prepared, "validation")
     # before any job: more than ImageNet's 1,281,167 training images, or not one batch left beside them
     for val_size, names in ((1_281_167, r"'data\.val_size'.*lower data\.val_size"),
                             (1_281_167 - 10, r"'train\.batch_size'.*10 training images.*or data\.val_size")):

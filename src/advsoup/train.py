@@ -29,7 +29,7 @@ from timm.scheduler import CosineLRScheduler
 from . import checkpoint as ckpt
 from .atomic import write_text
 from .robust.attacks import pgd
-from .robust.stream import Images, Measure, open_validation
+from .robust.stream import Images, Measure, open_images
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, digest, to_yaml
 from .data.loaders import to_device, train_batches
 from .logs import progress, setup_logging
@@ -185,7 +185,7 @@ def _train(job: TrainJob, rt: Runtime, stop_after_steps: Optional[int], restart:
                                                    "epoch_sums": sums, "restart": restart},
                             scale.rng_state(rt.device))
 
-    val = open_validation(job.data, job.model.img_size, job.prepared) if t.val_every and rt.is_main else None
+    val = open_images(job.data, job.model.img_size, job.prepared, "validation") if t.val_every and rt.is_main else None
     step = start_step
     while step < total_steps:
         epoch, first = divmod(step, steps_per_epoch)

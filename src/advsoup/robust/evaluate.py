@@ -33,7 +33,7 @@ from ..logs import setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
-from .stream import Images, Measure, Partial, TensorImages, open_images, open_validation
+from .stream import Images, Measure, Partial, TensorImages, open_images
 
 
 @dataclass
@@ -68,9 +68,9 @@ def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
 
 
 def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
-    return {"name": "+".join(f"{m.upper()}-{a.steps}" for m in a.method.split("+")), "norm": a.norm, "eps": a.eps, "steps": a.steps,
-            "step_size": a.step_size, "restarts": a.restarts, "random_start": a.random_start,
-            "subset": n_robust}
+    return {"name": "+".join(f"{m.upper()}-{a.steps}" for m in a.method.split("+")), "norm": a.norm,
+            "eps": a.eps, "steps": a.steps, "step_size": a.step_size, "restarts": a.restarts,
+            "random_start": a.random_start, "subset": n_robust}
 
 
 def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, batch_size: int,
@@ -215,7 +215,7 @@ def run_evaluation(job: EvalJob) -> Dict[str, Any]:
         out = {**base, "soup": accuracies(measure, images, "test", job.soup_weights, log)}
         if job.data.val_size:
             # The same sweep on held-out training images: a soup weight is chosen there, never on test.
-            val = open_validation(job.data, job.model.img_size, job.prepared)
+            val = open_images(job.data, job.model.img_size, job.prepared, "validation")
             log.info("validation split (%d held-out training images):", len(val))
             out.update(validation_images=len(val),
                        validation=accuracies(measure, val, "validation", job.soup_weights, log))

@@ -106,25 +106,19 @@ class FileImages(Images):
             yield x.float().div_(255.0), y
 
 
-def open_images(data: DataConfig, img_size: int, prepared: Path, split: str, size: int) -> Images:
-    """The split to evaluate on: streamed from files for a file dataset, else the prepared arrays in memory."""
+def open_images(data: DataConfig, img_size: int, prepared: Path, split: str, size: int = 0) -> Images:
+    """The split to evaluate on: streamed from files for a file dataset, else the prepared arrays in memory.
+
+    ``validation`` is the last ``data.val_size`` of the training split's class-balanced order, which training never
+    reads (``size`` unused)."""
     from ..data.loaders import _manifest
-    from ..data.prepared import load_split
+    from ..data.prepared import load_split, load_validation
 
     if _manifest(prepared).get("kind") == "files":
         return FileImages(data, img_size, prepared, split, size)
+    if split == "validation":
+        return TensorImages(*load_validation(prepared, data.train_size, data.val_size).tensors())
     return TensorImages(*load_split(prepared, split, size).tensors())
-
-
-def open_validation(data: DataConfig, img_size: int, prepared: Path) -> Images:
-    """The validation split (the last ``data.val_size`` of the training split's class-balanced order, which
-    training never reads): streamed from files for a file dataset, else held in memory as it always was."""
-    from ..data.loaders import _manifest
-    from ..data.prepared import load_validation
-
-    if _manifest(prepared).get("kind") == "files":
-        return FileImages(data, img_size, prepared, "validation", 0)
-    return TensorImages(*load_validation(prepared, data.train_size, data.val_size).tensors())
 
 
 # ---- the partial file ---------------------------------------------------------------------------------------
