@@ -63,8 +63,9 @@ BENCH_ARGS ?=
 bench: setup
 	python benchmarks/run.py $(BENCH_ARGS)
 
+# Snakemake's linter; its conda/container lint is not applied (why: scripts/lint_workflow.py).
 lint: setup
-	snakemake --lint --configfile params/experiments/demo.yaml
+	python scripts/lint_workflow.py params/experiments/demo.yaml
 
 slurm-up:
 	bash scripts/slurm/start.sh

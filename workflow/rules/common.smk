@@ -1,10 +1,10 @@
 # Config loading and the helpers every rules file uses; the rules themselves stay declarative.
-# Each rule is a stage of the registry (src/advsoup/stages.py): the same name for the rule, the
+# Each rule is a stage of the registry (src/advsoup/stages.py), with the same name for the rule, the
 # `advsoup <stage>` command, the job and the log; its params are the digest of the stage's config
 # slice, its threads and memory the stage's launcher.resources.<stage>.
 #
 # Currency is decided from recorded provenance (src/advsoup/provenance.py), never from file times:
-# - every compute rule takes currency(<stage>) as an input: a stamp that is newer than the job's
+# - every compute rule takes currency(<stage>) as an input, a stamp that is newer than the job's
 #   outputs exactly when their record says they are stale (another config slice, another upstream
 #   config, another checkpoint). It holds in a fresh clone, after `dvc pull` and `git checkout`.
 # - checkpoint weights, which DVC restores with new file times, are ancient() inputs, each read
