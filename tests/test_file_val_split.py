@@ -1,11 +1,13 @@
-"""A held-out validation split for a file dataset (ImageNet read from folders): data.val_size: N holds out the last N
-of the training list's class-balanced order, training never reads them (data.train_size: 0 = all but them), and the
-training validation pass and the soups sweep stream them with the evaluation transforms. Generated ImageFolder
-(test_scale's fixture: 10 classes x 20 training JPEGs), seconds each."""
+"""A held-out validation split for a file dataset (ImageNet read from folders): data.val_size: N holds out the last
+N/classes images of every class of the training list (for equal classes the last N of its class-balanced order),
+training never reads them (data.train_size: 0 = all but them), and the training validation pass and the soups sweep
+stream them with the evaluation transforms. Generated ImageFolder (test_scale's fixture: 10 classes x 20 training
+JPEGs), seconds each; the split on unequal classes (ImageNet's 732 to 1300) on label arrays."""
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +18,7 @@ from advsoup import checkpoint as ckpt
 from advsoup.config import ConfigError, Paths, load_config
 from advsoup.config.preflight import preflight
 from advsoup.data import loaders
-from advsoup.data.prepared import balanced_order, prepare
+from advsoup.data.prepared import balanced_order, prepare, split_training
 from advsoup.models import build_model
 from advsoup.report.aggregate import _soup_choices
 from advsoup.robust import stream
@@ -48,7 +50,8 @@ def _listed(prepared):
 
 
 def _held_out(prepared, n: int = VAL):
-    """The last n of the training list's class-balanced order, in that order."""
+    """The last n of the training list's class-balanced order, in that order (the fixture's classes are equal in
+    size: for unequal ones, the last n/classes of each, see split_training)."""
     paths, labels = _listed(prepared)
     return [paths[i] for i in balanced_order(labels)[len(labels) - n:]]
 
@@ -176,3 +179,62 @@ def test_an_impossible_val_size_is_refused_naming_data_val_size(tmp_path, image_
     # a dataset held as arrays keeps its rule: train_size 0 is the whole split, so a validation split needs a size
     with pytest.raises(ConfigError, match=r"data\.val_size.*data\.train_size: 0"):
         load_config([TINY], ["data.train_size=0", "data.val_size=100"])
+
+
+def _unequal_labels():
+    """ImageNet's shape in small: classes of unequal size (here 12 to 40 images), listed shuffled."""
+    sizes = [12, 17, 25, 33, 40]
+    return np.random.default_rng(3).permutation(np.concatenate([np.full(s, c) for c, s in enumerate(sizes)])), sizes
+
+
+def test_the_validation_split_holds_every_class_when_the_classes_differ_in_size():
+    labels, sizes = _unequal_labels()
+    for train_size in (0, 60):
+        train, val = split_training(labels, train_size, 23, "imagenet train/")
+        # 23 over 5 classes: 4 of each, the 3 left over to the last classes; the last 23 of the round-robin order
+        # held only the two largest classes
+        assert np.bincount(labels[val], minlength=5).tolist() == [4, 4, 5, 5, 5]
+        assert np.bincount(labels[balanced_order(labels)[-23:]], minlength=5).tolist() == [0, 0, 0, 8, 15]
+        assert not set(train) & set(val)
+        assert len(train) == (train_size or len(labels) - 23)
+        # training's prefix spans the classes while they last (round-robin over the non-held images)
+        assert sorted(np.bincount(labels[train[:35]], minlength=5)) == [7] * 5
+    # the file datasets' reader gives training any prefix of that order, never a held-out image
+    data = SimpleNamespace(val_size=23, train_size=0)
+    for size in (0, 30, len(labels) - 23):
+        read = loaders._listed(data, Path("prepared"), "train", labels, size)
+        assert len(read) == (size or len(labels) - 23) and not set(read) & set(val)
+    assert list(loaders._listed(data, Path("prepared"), "validation", labels, 0)) == list(val)
+
+
+def test_with_equal_classes_the_split_is_the_ends_of_the_balanced_order():
+    # Fashion-MNIST's and CIFAR's case (and the study's 20,000 + 1,000): the same images as before ImageNet's fix
+    labels = np.random.default_rng(4).permutation(np.repeat(np.arange(10), 600))
+    for train_size, val_size in ((2000, 100), (0, 100), (2000, 103), (5900, 100)):
+        train, val = split_training(labels, train_size, val_size, "x")
+        order = balanced_order(labels)
+        assert np.array_equal(val, order[len(order) - val_size:])
+        assert np.array_equal(train, order[:train_size or len(order) - val_size])
+
+
+def test_a_class_too_small_to_keep_a_training_image_is_refused_naming_data_val_size():
+    labels, sizes = _unequal_labels()
+    with pytest.raises(ValueError, match=r"data\.val_size=60: class 0 .* has 12 training images.*lower data\.val_size "
+                                         r"to below 60"):
+        split_training(labels, 0, 60, "imagenet train/")
+
+
+def test_an_array_dataset_with_unequal_classes_refuses_a_validation_split(monkeypatch):
+    # arrays train on the first train_size of the balanced order, which overlaps the held-out images when the
+    # classes differ in size: refused rather than validated on training images
+    from advsoup.data import prepared as prepared_module
+
+    labels, _ = _unequal_labels()
+    split = prepared_module.Split(np.zeros((len(labels), 1, 2, 2), np.uint8), labels, tuple("abcde"))
+    monkeypatch.setattr(prepared_module, "load_split", lambda *a, **k: split)
+    with pytest.raises(ValueError, match=r"unequal in size \(12 to 40 images\).*data\.val_size: 0"):
+        prepared_module.load_validation(Path("prepared"), 100, 20)
+    equal = np.repeat(np.arange(5), 30)
+    monkeypatch.setattr(prepared_module, "load_split",
+                        lambda *a, **k: prepared_module.Split(np.zeros((150, 1, 2, 2), np.uint8), equal, tuple("abcde")))
+    assert len(prepared_module.load_validation(Path("prepared"), 100, 20)) == 20

@@ -139,9 +139,9 @@ def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int],
     The list is sorted by class, so the test and validation splits are read in the class-balanced order
     instead (:func:`balanced_order`): any prefix of them (the attacked ``evaluate.robust_subset``, AutoAttack's
     and the robustness checks' subsets) spreads over the classes. Test: the first ``size`` (0 = all) of that
-    order, kept in it. With a validation split (``data.val_size`` > 0: the last val_size of the training list's
-    balanced order, read as split ``validation``), ``train`` never reaches into it: its ``size`` 0 is every
-    other image.
+    order, kept in it. With a validation split (``data.val_size`` > 0: the last images of every class of the
+    training list, :func:`split_training`, read as split ``validation``), ``train`` never reaches into it: it
+    reads the first ``size`` (0 = all) of the class-balanced order over the other images.
     """
     if split == "test":
         return balanced_order(np.asarray(labels))[:size or None]
@@ -152,7 +152,7 @@ def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int],
     train, val = split_training(np.asarray(labels), data.train_size, held, str(prepared / "train_files.tsv"))
     if split == "validation":
         return val
-    return balanced_subset(np.asarray(labels), size) if size and size < len(train) else np.sort(train)
+    return np.sort(train[:size or None])  # train is in the class-balanced order over the non-held images
 
 
 def image_dataset(data: DataConfig, img_size: int, prepared: Path, split: str, size: int, seed: int,

@@ -63,12 +63,27 @@ class Split:
         return len(self.labels)
 
 
-def balanced_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Every index, round-robin over classes in a fixed shuffle: any prefix holds each class equally (up to one)."""
+def _class_permutations(labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Each class's indices in a fixed shuffle, classes in label order."""
     rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
-    return np.asarray(order, dtype=np.int64)
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+
+
+def _round_robin(groups: list[np.ndarray], from_end: bool = False) -> np.ndarray:
+    """The groups' indices interleaved one per group per round, groups in order. ``from_end`` aligns the groups'
+    last elements in the last round (instead of their first elements in the first), so that with unequal
+    groups the short ones end with the long ones instead of early."""
+    longest = max(map(len, groups), default=0)
+    rounds = np.concatenate([np.arange(len(g)) + (longest - len(g) if from_end else 0) for g in groups] or [[]])
+    group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)] or [[]])
+    return np.concatenate(groups or [[]]).astype(np.int64)[np.lexsort((group, rounds))]
+
+
+def balanced_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Every index, round-robin over classes in a fixed shuffle: any prefix holds each class equally (up to one)
+    until the smallest class runs out (ImageNet's training classes hold 732 to 1300 images: later rounds hold only
+    the larger classes)."""
+    return _round_robin(_class_permutations(labels, seed))
 
 
 def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -77,11 +92,12 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
 
 
 def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
-    """The validation split: the last ``val_size`` of the training split's class-balanced order.
+    """The validation split of a dataset held as arrays (:func:`split_training`).
 
-    Training takes the first ``train_size`` of that same order
-    (:func:`balanced_subset`), so the two never share an image and holding the
-    validation images out changes nothing in training.
+    Training takes the first ``train_size`` of the class-balanced order (:func:`balanced_subset`): the same images
+    as :func:`split_training`'s training part where the classes are equal in size, as for every dataset held as
+    arrays (Fashion-MNIST, CIFAR-10); a dataset with unequal classes is refused rather than trained on images
+    that are also validated on.
     """
     train = load_split(prepared, "train")
     n = len(train)
@@ -89,13 +105,24 @@ def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
         raise ValueError(f"data.val_size={val_size} validation images cannot be held out of the {n} training images "
                          f"beside data.train_size={train_size}: need 1 <= val_size and 1 <= train_size <= "
                          f"{n} - val_size")
-    idx = np.sort(split_training(train.labels, train_size, val_size, str(prepared))[1])
+    training, validation = split_training(train.labels, train_size, val_size, str(prepared))
+    if not np.array_equal(np.sort(training), balanced_subset(train.labels, train_size)):
+        raise ValueError(f"{prepared}: the training classes are unequal in size ({np.bincount(train.labels).min()} to "
+                         f"{np.bincount(train.labels).max()} images), so the first data.train_size={train_size} "
+                         f"of the class-balanced order that training reads is not the complement of the "
+                         f"data.val_size={val_size} validation split; use data.val_size: 0")
+    idx = np.sort(validation)
     return Split(train.images[idx], train.labels[idx], train.classes)
 
 
 def split_training(labels: np.ndarray, train_size: int, val_size: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(training, validation) indices of a training split, in :func:`balanced_order`: its first ``train_size``
-    (0 = every image but the validation split) and its last ``val_size``, never sharing one.
+    """(training, validation) indices of a training split, never sharing one.
+
+    Validation: the last images of every class's shuffle (:func:`balanced_order`'s), ``val_size`` spread over the
+    classes as evenly as it divides, in round-robin order aligned at the classes' ends. Training: the first
+    ``train_size`` (0 = all) of the round-robin order over the rest. Where the classes are equal in size these
+    are the last ``val_size`` and the first ``train_size`` of :func:`balanced_order`; where they are not
+    (ImageNet's 732 to 1300), the last ``val_size`` of that order would come from the largest classes only.
 
     ``where`` names the split's data in the error of a combination that does not fit.
     """
@@ -110,8 +137,18 @@ def split_training(labels: np.ndarray, train_size: int, val_size: int, where: st
                          f"beside {beside}; lower data.val_size to at most {max(n - (train_size or 1), 0)}"
                          + (" or data.train_size" if train_size else "")
                          + " (data.val_size: 0 = no validation split, every chosen soup an oracle)")
-    order = balanced_order(labels)
-    return order[:train], order[n - val_size:]
+    per_class = _class_permutations(labels, seed=0)
+    base, extra = divmod(val_size, len(per_class))
+    # the remainder to the last classes: what the last val_size of balanced_order holds for equal classes
+    held = [base + (i >= len(per_class) - extra) for i in range(len(per_class))]
+    short = [(int(c), len(p), h) for c, p, h in zip(np.unique(labels), per_class, held) if h >= len(p)]
+    if short:
+        c, size, h = short[0]
+        raise ValueError(f"data.val_size={val_size}: class {c} of {where} has {size} training images, so holding out "
+                         f"its {h} leaves it none to train on; lower data.val_size to below "
+                         f"{len(per_class) * min(len(p) for p in per_class)}")
+    rest = _round_robin([p[:len(p) - h] for p, h in zip(per_class, held)])
+    return rest[:train], _round_robin([p[len(p) - h:] for p, h in zip(per_class, held)], from_end=True)
 
 
 def load_split(prepared: Path, split: str, size: int = 0) -> Split:

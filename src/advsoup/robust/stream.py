@@ -109,8 +109,8 @@ class FileImages(Images):
 def open_images(data: DataConfig, img_size: int, prepared: Path, split: str, size: int = 0) -> Images:
     """The split to evaluate on: streamed from files for a file dataset, else the prepared arrays in memory.
 
-    ``validation`` is the last ``data.val_size`` of the training split's class-balanced order, which training never
-    reads (``size`` unused)."""
+    ``validation`` is the training split's held-out images (``data.val_size``, the last of every class:
+    :func:`advsoup.data.prepared.split_training`), which training never reads (``size`` unused)."""
     from ..data.loaders import _manifest
     from ..data.prepared import load_split, load_validation
 
