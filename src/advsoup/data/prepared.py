@@ -73,10 +73,10 @@ def _round_robin(groups: list[np.ndarray], from_end: bool = False) -> np.ndarray
     """The groups' indices interleaved one per group per round, groups in order. ``from_end`` aligns the groups'
     last elements in the last round (instead of their first elements in the first), so that with unequal
     groups the short ones end with the long ones instead of early."""
-    longest = max(map(len, groups), default=0)
-    rounds = np.concatenate([np.arange(len(g)) + (longest - len(g) if from_end else 0) for g in groups] or [[]])
-    group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)] or [[]])
-    return np.concatenate(groups or [[]]).astype(np.int64)[np.lexsort((group, rounds))]
+    longest = max(map(len, groups))
+    rounds = np.concatenate([np.arange(len(g)) + (longest - len(g) if from_end else 0) for g in groups])
+    group = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+    return np.concatenate(groups).astype(np.int64)[np.lexsort((group, rounds))]
 
 
 def balanced_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -107,8 +107,9 @@ def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
                          f"{n} - val_size")
     training, validation = split_training(train.labels, train_size, val_size, str(prepared))
     if not np.array_equal(np.sort(training), balanced_subset(train.labels, train_size)):
-        raise ValueError(f"{prepared}: the training classes are unequal in size ({np.bincount(train.labels).min()} to "
-                         f"{np.bincount(train.labels).max()} images), so the first data.train_size={train_size} "
+        counts = np.bincount(train.labels)
+        raise ValueError(f"{prepared}: the training classes are unequal in size ({counts.min()} to "
+                         f"{counts.max()} images), so the first data.train_size={train_size} "
                          f"of the class-balanced order that training reads is not the complement of the "
                          f"data.val_size={val_size} validation split; use data.val_size: 0")
     idx = np.sort(validation)
