@@ -176,9 +176,6 @@ def test_an_impossible_val_size_is_refused_naming_data_val_size(tmp_path, image_
                             (1_281_167 - 10, r"'train\.batch_size'.*10 training images.*or data\.val_size")):
         with pytest.raises(ConfigError, match=names):
             preflight(_cfg(tmp_path, image_folder, f"data.val_size={val_size}"), "exp.yaml")
-    # a dataset held as arrays keeps its rule: train_size 0 is the whole split, so a validation split needs a size
-    with pytest.raises(ConfigError, match=r"data\.val_size.*data\.train_size: 0"):
-        load_config([TINY], ["data.train_size=0", "data.val_size=100"])
 
 
 def _unequal_labels():
@@ -189,7 +186,7 @@ def _unequal_labels():
 
 def test_the_validation_split_holds_every_class_when_the_classes_differ_in_size():
     labels, sizes = _unequal_labels()
-    for train_size in (0, 60):
+    for train_size in (0, 40):
         train, val = split_training(labels, train_size, 23, "imagenet train/")
         # 23 over 5 classes: 4 of each, the 3 left over to the last classes; the last 23 of the round-robin order
         # held only the two largest classes
@@ -199,6 +196,13 @@ def test_the_validation_split_holds_every_class_when_the_classes_differ_in_size(
         assert len(train) == (train_size or len(labels) - 23)
         # training's prefix spans the classes while they last (round-robin over the non-held images)
         assert sorted(np.bincount(labels[train[:35]], minlength=5)) == [7] * 5
+    # train_size N is the first N of the balanced order whatever val_size (a val_size edit retrains nothing), and
+    # refused where those reach into the held-out images: class 0 keeps 12 - 4 = 8 images, so 8 rounds of 5 fit
+    for val_size in (5, 23):
+        assert np.array_equal(split_training(labels, 40, val_size, "x")[0], balanced_order(labels)[:40])
+    with pytest.raises(ValueError, match=r"data\.train_size=41: .*reach into the data\.val_size=23 validation split"
+                                         r".*12 to 40 images.*lower data\.train_size to at most 40, or set it to 0"):
+        split_training(labels, 41, 23, "imagenet train/")
     # the file datasets' reader gives training any prefix of that order, never a held-out image
     data = SimpleNamespace(val_size=23, train_size=0)
     for size in (0, 30, len(labels) - 23):
@@ -224,17 +228,31 @@ def test_a_class_too_small_to_keep_a_training_image_is_refused_naming_data_val_s
         split_training(labels, 0, 60, "imagenet train/")
 
 
-def test_an_array_dataset_with_unequal_classes_refuses_a_validation_split(monkeypatch):
-    # arrays train on the first train_size of the balanced order, which overlaps the held-out images when the
-    # classes differ in size: refused rather than validated on training images
+def test_an_array_dataset_with_unequal_classes_trains_beside_its_validation_split(tmp_path, monkeypatch):
+    # arrays and files take the same images (advsoup.data.prepared.training_indices): training never reads the
+    # held-out images, whatever the class sizes, and train_size 0 is every image but them
     from advsoup.data import prepared as prepared_module
 
     labels, _ = _unequal_labels()
-    split = prepared_module.Split(np.zeros((len(labels), 1, 2, 2), np.uint8), labels, tuple("abcde"))
-    monkeypatch.setattr(prepared_module, "load_split", lambda *a, **k: split)
-    with pytest.raises(ValueError, match=r"unequal in size \(12 to 40 images\).*data\.val_size: 0"):
-        prepared_module.load_validation(Path("prepared"), 100, 20)
-    equal = np.repeat(np.arange(5), 30)
-    monkeypatch.setattr(prepared_module, "load_split",
-                        lambda *a, **k: prepared_module.Split(np.zeros((150, 1, 2, 2), np.uint8), equal, tuple("abcde")))
-    assert len(prepared_module.load_validation(Path("prepared"), 100, 20)) == 20
+    images = np.arange(len(labels), dtype=np.uint8).reshape(-1, 1, 1, 1).repeat(4, axis=2)  # pixel = index
+    raw = {"train_images": images, "train_labels": labels, "test_images": images[:10], "test_labels": labels[:10]}
+    monkeypatch.setattr(prepared_module, "raw_arrays", lambda data: (raw, list("abcde"), {}))
+    cfg = load_config([TINY], [f"data.prepared_dir={tmp_path}/prepared", "data.train_size=0", "data.val_size=23"])
+    prepared = Paths(cfg).prepared
+    prepare(cfg.data, prepared)
+    _, held = split_training(labels, 0, 23, str(prepared))
+    val = stream.open_images(cfg.data, 28, prepared, "validation")
+    val_index = sorted(int(v) for x, _ in val.batches(100) for v in (x[:, 0, 0, 0] * 255).round())
+    assert val_index == sorted(held) and np.bincount(labels[val_index], minlength=5).tolist() == [4, 4, 5, 5, 5]
+    for train_size in (0, 40):
+        data = dataclasses.replace(cfg.data, train_size=train_size)
+        trained = loaders.train_batches(data, 28, prepared, seed=0, batch_size=8)
+        read = {int(v) for x, _ in trained.epoch(0) for v in (x[:, 0, 0, 0] * 255).round()}
+        assert len(read) == trained.n == (train_size or len(labels) - 23) and not read & set(held)
+    with pytest.raises(ValueError, match=r"data\.train_size=41: .*lower data\.train_size to at most 40"):
+        loaders.train_batches(dataclasses.replace(cfg.data, train_size=41), 28, prepared, seed=0, batch_size=8)
+    # val_size decides an array dataset's training images where train_size is 0, and only there
+    more = load_config([TINY], ["data.train_size=0", "data.val_size=24"])
+    assert config_digest(cfg, "train", "token-s0") != config_digest(more, "train", "token-s0")
+    fixed = [load_config([TINY], ["data.train_size=40", f"data.val_size={v}"]) for v in (23, 24)]
+    assert config_digest(fixed[0], "train", "token-s0") == config_digest(fixed[1], "train", "token-s0")

@@ -16,7 +16,7 @@ import yaml
 from advsoup import stages
 from advsoup.config import EXPERIMENTS_DIR, ConfigError, Paths, load_config
 from advsoup.config.preflight import preflight
-from advsoup.data.prepared import balanced_order, load_split, load_validation
+from advsoup.data.prepared import balanced_order, load_split, load_training_split
 from advsoup.report.regime import regime_report, regime_table, run_rows, schedules
 
 TINY = EXPERIMENTS_DIR / "tiny.yaml"
@@ -81,7 +81,7 @@ def test_smaller_training_sets_are_nested_prefixes_of_one_order_disjoint_from_va
         sets[n] = set(np.sort(order[:n]).tolist())
     assert sets[250] < sets[500] < sets[2500] < sets[5000]
     # the validation split is the END of the same order: no training set of any size touches it
-    val = load_validation(prepared, 59000, 1000)
+    val = load_training_split(prepared, "validation", 0, 59000, 1000)
     val_idx = set(order[len(labels) - 1000:].tolist())
     assert len(val) == 1000 and not (val_idx & set(order[:59000].tolist()))
 

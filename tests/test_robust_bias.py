@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from advsoup.config import EXPERIMENTS_DIR, AttackConfig, ConfigError, ShiftConfig, load_config
-from advsoup.data.prepared import balanced_subset, load_split, load_validation
+from advsoup.data.prepared import balanced_subset, load_split, load_training_split, training_indices
 from advsoup.models import build_model
 from advsoup.models.adapters import DualParams
 from advsoup.robust.attacks import pgd
@@ -95,7 +95,7 @@ def test_pgd_keeps_the_iterate_that_fooled_the_model_for_evaluation():
 # ---- 4. a validation split the runs never train on ------------------------------------------
 
 def test_the_validation_split_is_held_out_of_training(prepared):
-    val = load_validation(prepared, 20000, 1000)
+    val = load_training_split(prepared, "validation", 0, 20000, 1000)
     labels = load_split(prepared, "train").labels
     train_idx = set(balanced_subset(labels, 20000).tolist())
     images = load_split(prepared, "train").images
@@ -106,9 +106,12 @@ def test_the_validation_split_is_held_out_of_training(prepared):
     assert not any(img.tobytes() in train_set for img in val.images)
     assert len(val_idx) == len(labels) - 20000
     with pytest.raises(ValueError, match="data.val_size"):
-        load_validation(prepared, 59500, 1000)
-    with pytest.raises(ConfigError, match="data.val_size"):
-        load_config([EXPERIMENTS_DIR / "tiny.yaml"], ["data.train_size=0"])
+        load_training_split(prepared, "validation", 0, 59500, 1000)
+    # train_size 0 with a validation split: every training image but it
+    rest = training_indices(labels, "train", 0, 0, 1000, "fashion_mnist")
+    assert len(rest) == len(labels) - 1000 and not set(rest) & set(training_indices(labels, "validation", 0, 0, 1000,
+                                                                                    "fashion_mnist"))
+    assert len(load_training_split(prepared, "train", 0, 0, 1000)) == len(labels) - 1000
 
 
 # ---- 6/7. dual BatchNorm: each half updates only its own statistics -------------------------

@@ -76,11 +76,11 @@ def _run_slice(cfg: Config, run_id: Optional[str]) -> Dict[str, Any]:
 
 def _data(cfg, validation: bool = False, run_id: Optional[str] = None, training_images: bool = False):
     """data without the validation split's size unless the stage reads that split, or reads training images that it
-    picks (``training_images``: a file dataset's train_size 0 is all but the validation split), so that a val_size
-    edit retrains nothing otherwise; with a run, its own training-set size (runs.<name>.train_size) in
-    data.train_size."""
+    picks (``training_images``: train_size 0 is all but the validation split; train_size N the first N of the
+    class-balanced order, whatever val_size), so that a val_size edit retrains nothing otherwise; with a run, its
+    own training-set size (runs.<name>.train_size) in data.train_size."""
     data = split_run_id(cfg, run_id)[1].resolve_data(cfg.data) if run_id is not None else cfg.data
-    decides = training_images and not _held_as_arrays(data) and not data.train_size and data.val_size > 0
+    decides = training_images and not data.train_size and data.val_size > 0
     return data if validation or decides else blank(data, "val_size")
 
 

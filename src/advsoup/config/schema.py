@@ -493,14 +493,6 @@ def validate(cfg: Config, source: str = "config", final: bool = True) -> None:
            "must be a non-empty name without '/'")
     d = cfg.data
     _check(d.val_size >= 0, source, "data.val_size", f"{d.val_size} < 0 (0 = no validation split)")
-    from ..data.registry import FILE_DATASETS  # torch-free; it imports this package, so not at the top
-
-    # A file dataset's train_size 0 is all but the validation split (its size is known once the list is read);
-    # an array dataset's is the whole split, as it always was.
-    _check(d.val_size == 0 or d.train_size > 0 or d.name in FILE_DATASETS, source, "data.val_size",
-           f"{d.val_size} validation images are held out of the training split, but data.train_size: 0 trains "
-           f"on all of it; set data.train_size (at most the split's size minus data.val_size, e.g. 59000 of "
-           f"Fashion-MNIST's 60000) or data.val_size: 0 (then every chosen soup is an oracle, chosen on test)")
     _check(cfg.model.img_size > 0, source, "model.img_size", "must be > 0")
     _check(len(cfg.model.mean) == cfg.model.in_chans == len(cfg.model.std), source, "model.mean",
            "model.mean and model.std need one value per input channel (model.in_chans)")

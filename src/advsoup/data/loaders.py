@@ -30,8 +30,8 @@ from timm.data.transforms_factory import transforms_imagenet_eval, transforms_im
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import AugmentConfig, DataConfig
-from .imagefolder import read_file_list
-from .prepared import MANIFEST, balanced_order, balanced_subset, load_split, split_training
+from .imagefolder import KIND as FILES, read_file_list
+from .prepared import MANIFEST, Split, balanced_order, load_split, load_training_split, training_indices
 from .registry import kind
 from .sampler import EpochBatchSampler
 
@@ -119,6 +119,12 @@ def _manifest(prepared: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def holds_files(prepared: Path) -> bool:
+    """Whether the prepared dataset is a file list (streamed: ImageNet) rather than arrays held in memory; asked of
+    the prepared data, which the stages read (the config's ``data.name`` says it before anything is prepared)."""
+    return _manifest(prepared).get("kind") == FILES
+
+
 def order_record(data: DataConfig) -> Dict[str, str]:
     """``{"test_order": ...}`` for a file dataset, whose first N test images (those an attack measures) are the
     first N of :func:`_listed`'s class-balanced order, not of its class-sorted list; ``{}`` for arrays, read in
@@ -127,7 +133,7 @@ def order_record(data: DataConfig) -> Dict[str, str]:
     Recorded beside the numbers measured on those images, and in the key of an evaluation's partial file: a
     partial file written while the test split was read in list order holds other images' batches, and is discarded.
     """
-    if kind(data.name) != "files":
+    if kind(data.name) != FILES:
         return {}
     return {"test_order": "class-balanced: round-robin over the classes (advsoup.data.prepared.balanced_order), "
                           "so any first N spans them"}
@@ -136,44 +142,45 @@ def order_record(data: DataConfig) -> Dict[str, str]:
 def _listed(data: DataConfig, prepared: Path, split: str, labels: Sequence[int], size: int) -> Sequence[int]:
     """Which files of a file dataset's list a split reads, in the order it reads them.
 
-    The list is sorted by class, so the test and validation splits are read in the class-balanced order
-    instead (:func:`balanced_order`): any prefix of them (the attacked ``evaluate.robust_subset``, AutoAttack's
-    and the robustness checks' subsets) spreads over the classes. Test: the first ``size`` (0 = all) of that
-    order, kept in it. With a validation split (``data.val_size`` > 0: the last images of every class of the
-    training list, :func:`split_training`, read as split ``validation``), ``train`` never reaches into it: it
-    reads the first ``size`` (0 = all) of the class-balanced order over the other images.
+    The list is sorted by class, so the test split is read in the class-balanced order instead
+    (:func:`balanced_order`): any prefix of it (the attacked ``evaluate.robust_subset``, AutoAttack's and the
+    robustness checks' subsets) spreads over the classes. Test: the first ``size`` (0 = all) of that order, kept
+    in it. ``train`` and ``validation``: :func:`advsoup.data.prepared.training_indices`, as for arrays.
     """
     if split == "test":
         return balanced_order(np.asarray(labels))[:size or None]
-    # None where a stage's slice blanks it: there it decides nothing this stage reads (advsoup.stages._data)
-    held = data.val_size or 0
-    if not held and split != "validation":
-        return balanced_subset(np.asarray(labels), size) if size and size < len(labels) else range(len(labels))
-    train, val = split_training(np.asarray(labels), data.train_size, held, str(prepared / "train_files.tsv"))
-    if split == "validation":
-        return val
-    return np.sort(train[:size or None])  # train is in the class-balanced order over the non-held images
+    return training_indices(np.asarray(labels), split, size, data.train_size,
+                            data.val_size or 0,  # None where a stage's slice blanks it: there it decides nothing
+                            str(prepared / "train_files.tsv"))
+
+
+def array_split(data: DataConfig, prepared: Path, split: str, size: int) -> Split:
+    """A dataset held as arrays: ``test`` (the class-balanced first ``size``, 0 = all, in stored order) or a
+    training split (``train``'s first ``size``, ``validation``: :func:`advsoup.data.prepared.training_indices`)."""
+    if split == "test":
+        return load_split(prepared, "test", size)
+    return load_training_split(prepared, split, size, data.train_size, data.val_size or 0)
 
 
 def image_dataset(data: DataConfig, img_size: int, prepared: Path, split: str, size: int, seed: int,
                   training: bool) -> ImageDataset:
     """The (class-balanced first ``size`` of the) split as an ImageDataset with training or evaluation transforms.
 
-    A file dataset also has the split ``validation``, held out of its training list (:func:`_listed`).
+    ``validation`` is held out of the training split (:func:`advsoup.data.prepared.training_indices`).
     """
     manifest = _manifest(prepared)
-    if manifest.get("kind") == "files":
+    if manifest.get("kind") == FILES:
         root, paths, sizes, labels = read_file_list(prepared, manifest, "test" if split == "test" else "train")
         keep = _listed(data, prepared, split, labels, size)
         read = _Files(root, [paths[i] for i in keep], [sizes[i] for i in keep])
         labels = [labels[i] for i in keep]
     else:
-        s = load_split(prepared, split, size)
+        s = array_split(data, prepared, split, size)
         read, labels = _Arrays(s.images), s.labels.tolist()
     aug = data.augment
     if training and aug.enabled:
         transform = train_transform(aug, img_size)
-    elif manifest.get("kind") == "files":
+    elif manifest.get("kind") == FILES:
         transform = eval_transform(aug, img_size)
     else:
         transform = _to_tensor  # prepared arrays already have the model's size
@@ -219,8 +226,8 @@ class TrainBatches:
 
 def train_batches(data: DataConfig, img_size: int, prepared: Path, seed: int, batch_size: int,
                   rank: int = 0, world_size: int = 1) -> TrainBatches:
-    if _manifest(prepared).get("kind") != "files" and not data.augment.enabled:
-        images, labels = load_split(prepared, "train", data.train_size).tensors()
+    if not holds_files(prepared) and not data.augment.enabled:
+        images, labels = array_split(data, prepared, "train", data.train_size).tensors()
         return TrainBatches(EpochBatchSampler(len(labels), batch_size, seed, rank, world_size), len(labels),
                             _memory=(images, labels))
     dataset = image_dataset(data, img_size, prepared, "train", data.train_size, seed, training=True)
@@ -247,8 +254,8 @@ def eval_tensors(data: DataConfig, img_size: int, prepared: Path, split: str,
     of a file dataset's class-balanced order decoded at evaluation size. ``first`` > 0 keeps only the first
     ``first`` images (a file dataset decodes no more: ImageNet's 50k validation images are 30 GB as floats).
     The evaluate and soups stages stream instead (:class:`advsoup.robust.stream.FileImages`)."""
-    if _manifest(prepared).get("kind") != "files":
-        x, y = load_split(prepared, split, size).tensors()
+    if not holds_files(prepared):
+        x, y = array_split(data, prepared, split, size).tensors()
         return (x[:first], y[:first]) if first else (x, y)
     batches = list(eval_loader(data, img_size, prepared, split, size, batch_size=256, stop=first or None))
     return torch.cat([x for x, _ in batches]).float().div_(255.0), torch.cat([y for _, y in batches])

@@ -91,28 +91,32 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(balanced_order(labels, seed)[:size])
 
 
-def load_validation(prepared: Path, train_size: int, val_size: int) -> Split:
-    """The validation split of a dataset held as arrays (:func:`split_training`).
+def training_indices(labels: np.ndarray, split: str, size: int, train_size: int, val_size: int,
+                     where: str) -> np.ndarray:
+    """Which images of the training split the split ``train`` (its first ``size``, 0 = all) or ``validation``
+    reads: the one answer for datasets held as arrays and as files.
 
-    Training takes the first ``train_size`` of the class-balanced order (:func:`balanced_subset`): the same images
-    as :func:`split_training`'s training part where the classes are equal in size, as for every dataset held as
-    arrays (Fashion-MNIST, CIFAR-10); a dataset with unequal classes is refused rather than trained on images
-    that are also validated on.
+    Without a validation split, ``train`` is the first ``size`` of :func:`balanced_order`. With one
+    (``val_size`` > 0: :func:`split_training`), ``train`` is the first ``size`` of the training part and never
+    reaches into ``validation``, whatever the class sizes; ``train_size`` 0 is every image but the validation
+    split. ``train`` comes sorted (the order training samples from); ``validation`` in its class-balanced
+    order, so any prefix of it spans the classes. ``where`` names the data in errors.
     """
+    if split == "train" and val_size < 1:
+        return balanced_subset(labels, size) if size and size < len(labels) else np.arange(len(labels))
+    train, validation = split_training(labels, train_size, val_size, where)
+    if split == "validation":
+        return validation
+    return np.sort(train[:size or None])
+
+
+def load_training_split(prepared: Path, split: str, size: int, train_size: int, val_size: int) -> Split:
+    """A dataset held as arrays: the images of :func:`training_indices`, in the order the arrays store them (the
+    order every evaluation of an array dataset has read them in)."""
     train = load_split(prepared, "train")
-    n = len(train)
-    if val_size < 1 or train_size < 1 or train_size + val_size > n:
-        raise ValueError(f"data.val_size={val_size} validation images cannot be held out of the {n} training images "
-                         f"beside data.train_size={train_size}: need 1 <= val_size and 1 <= train_size <= "
-                         f"{n} - val_size")
-    training, validation = split_training(train.labels, train_size, val_size, str(prepared))
-    if not np.array_equal(np.sort(training), balanced_subset(train.labels, train_size)):
-        counts = np.bincount(train.labels)
-        raise ValueError(f"{prepared}: the training classes are unequal in size ({counts.min()} to "
-                         f"{counts.max()} images), so the first data.train_size={train_size} "
-                         f"of the class-balanced order that training reads is not the complement of the "
-                         f"data.val_size={val_size} validation split; use data.val_size: 0")
-    idx = np.sort(validation)
+    idx = np.sort(training_indices(train.labels, split, size, train_size, val_size, str(prepared)))
+    if len(idx) == len(train):
+        return train
     return Split(train.images[idx], train.labels[idx], train.classes)
 
 
@@ -120,10 +124,13 @@ def split_training(labels: np.ndarray, train_size: int, val_size: int, where: st
     """(training, validation) indices of a training split, never sharing one.
 
     Validation: the last images of every class's shuffle (:func:`balanced_order`'s), ``val_size`` spread over the
-    classes as evenly as it divides, in round-robin order aligned at the classes' ends. Training: the first
-    ``train_size`` (0 = all) of the round-robin order over the rest. Where the classes are equal in size these
-    are the last ``val_size`` and the first ``train_size`` of :func:`balanced_order`; where they are not
-    (ImageNet's 732 to 1300), the last ``val_size`` of that order would come from the largest classes only.
+    classes as evenly as it divides, in round-robin order aligned at the classes' ends: every class is validated
+    on, also where the classes differ in size (ImageNet's 732 to 1300), where the last ``val_size`` of that order
+    would hold only the largest classes. Training: ``train_size`` 0 is every other image (round-robin over them);
+    ``train_size`` N the first N of :func:`balanced_order`, the same images whatever ``val_size``, and refused
+    where they reach into the validation split (only where the classes differ in size: for equal classes the
+    first N never do while N + val_size fit the split, and the validation split is the last ``val_size`` of that
+    order).
 
     ``where`` names the split's data in the error of a combination that does not fit.
     """
@@ -148,8 +155,18 @@ def split_training(labels: np.ndarray, train_size: int, val_size: int, where: st
         raise ValueError(f"data.val_size={val_size}: class {c} of {where} has {size} training images, so holding out "
                          f"its {h} leaves it none to train on; lower data.val_size to below "
                          f"{len(per_class) * min(len(p) for p in per_class)}")
-    rest = _round_robin([p[:len(p) - h] for p, h in zip(per_class, held)])
-    return rest[:train], _round_robin([p[len(p) - h:] for p, h in zip(per_class, held)], from_end=True)
+    validation = _round_robin([p[len(p) - h:] for p, h in zip(per_class, held)], from_end=True)
+    if not train_size:
+        return _round_robin([p[:len(p) - h] for p, h in zip(per_class, held)]), validation
+    order = _round_robin(per_class)
+    fits = int(np.flatnonzero(np.isin(order, validation))[0])  # how far the order runs before a held-out image
+    if train_size > fits:
+        raise ValueError(f"data.train_size={train_size}: the first {train_size} of the class-balanced order of "
+                         f"{where} reach into the data.val_size={val_size} validation split (its classes differ in "
+                         f"size, {min(map(len, per_class))} to {max(map(len, per_class))} images, and the held-out "
+                         f"images end every class); lower data.train_size to at most {fits}, or set it to 0 (every "
+                         f"image but the validation split)")
+    return order[:train_size], validation
 
 
 def load_split(prepared: Path, split: str, size: int = 0) -> Split:

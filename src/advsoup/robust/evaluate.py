@@ -155,11 +155,11 @@ def partial_key(job: EvalJob) -> Dict[str, Any]:
 
 
 def train_images_measured(train_size: int, subset: int) -> int:
-    """How many training images ``evaluate.train_subset`` measures (0 = every one; the size load_split takes).
+    """How many training images ``evaluate.train_subset`` measures (0 = every one the run trains on).
 
-    ``train_size`` is the run's data.train_size (0 = the whole split; for a file dataset with a validation split,
-    all but that split, where advsoup.data.loaders also caps the measured images). The images are the first N of the same
-    class-balanced order training takes its first ``train_size`` from, so they are always training images.
+    ``train_size`` is the run's data.train_size (0 = the whole split, or with a validation split all but it). The
+    images are the first N of the order training takes its first ``train_size`` from
+    (:func:`advsoup.data.prepared.training_indices`), so they are always training images.
     """
     if train_size == 0:
         return subset

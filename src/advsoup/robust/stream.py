@@ -111,14 +111,11 @@ def open_images(data: DataConfig, img_size: int, prepared: Path, split: str, siz
 
     ``validation`` is the training split's held-out images (``data.val_size``, the last of every class:
     :func:`advsoup.data.prepared.split_training`), which training never reads (``size`` unused)."""
-    from ..data.loaders import _manifest
-    from ..data.prepared import load_split, load_validation
+    from ..data.loaders import array_split, holds_files
 
-    if _manifest(prepared).get("kind") == "files":
+    if holds_files(prepared):
         return FileImages(data, img_size, prepared, split, size)
-    if split == "validation":
-        return TensorImages(*load_validation(prepared, data.train_size, data.val_size).tensors())
-    return TensorImages(*load_split(prepared, split, size).tensors())
+    return TensorImages(*array_split(data, prepared, split, size).tensors())
 
 
 # ---- the partial file ---------------------------------------------------------------------------------------
