@@ -7,6 +7,11 @@ Whether an output is current is decided from those records alone, so it holds
 in a fresh clone, after ``dvc pull`` and after ``git checkout``: file times
 and Snakemake's metadata decide nothing.
 
+A record also says which code computed it (``code``: :func:`code_version`).
+That is for the reader and is never compared: a code change reruns nothing by
+itself (``snakemake --forcerun <rule>`` after a fix), so the results page
+lists the code versions its metric files come from.
+
 Snakemake learns the verdict through one input per compute job, a *currency
 stamp* (``<logs>/currency/<stage>[-<run>]``) whose time is set when the DAG is
 built: now when the job's record is stale, 1970 (AGED) when it is current.
@@ -18,8 +23,11 @@ Torch-free: the Snakefile and the report import it.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -95,8 +103,34 @@ def expected(cfg: Config, stage: str, run_id: Optional[str], set_key: Optional[s
 
 
 def record(cfg: Config, stage: str, run_id: Optional[str], checkpoints: Optional[Dict[str, str]] = None,
-           set_key: Optional[str] = None) -> Dict[str, Any]:
-    return {**expected(cfg, stage, run_id, set_key), "checkpoints": dict(checkpoints or {})}
+           set_key: Optional[str] = None, code: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    return {**expected(cfg, stage, run_id, set_key), "checkpoints": dict(checkpoints or {}),
+            "code": code or code_version()}
+
+
+def code_version() -> Dict[str, str]:
+    """The code this process runs (:func:`code_of` the advsoup package)."""
+    return code_of(Path(__file__).resolve().parent)
+
+
+@functools.lru_cache(maxsize=None)
+def code_of(pkg: Path) -> Dict[str, str]:
+    """``source_sha256`` over the package's source files (their paths and bytes, in path order: the exact code,
+    with or without git), and ``commit``, the git commit of the checkout they are in, with ``+ uncommitted
+    changes`` where the package's files differ from it (``unknown`` outside a git checkout, e.g. a wheel)."""
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    try:
+        git = ["git", "-C", str(pkg)]
+        sha = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                               check=True).stdout.strip()
+        commit = f"{sha} + uncommitted changes" if dirty else sha
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    return {"commit": commit, "source_sha256": h.hexdigest()}
 
 
 def loaded_checkpoints(cfg: Config, stage: str, run_id: Optional[str]) -> Dict[str, str]:

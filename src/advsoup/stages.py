@@ -533,11 +533,12 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[
             raise ValueError(f"{name} {run_id or ''}: refusing the checkpoint: {reason}; retrain it first "
                              f"(`advsoup {src} ...`, or `snakemake`, which reruns it)")
     loaded = prov.loaded_checkpoints(cfg, name, run_id)
+    code = prov.code_version()  # before the stage runs: the code it imports, not what an edit leaves afterwards
     stage.run(SimpleNamespace(**config_slice(cfg, name, run_id, set_key)), paths, run_id, **options)
     rec = prov.record_file(paths, name, run_id, set_key)
     if rec is None or not _main_task():
         return
-    provenance = prov.record(cfg, name, run_id, loaded, set_key)
+    provenance = prov.record(cfg, name, run_id, loaded, set_key, code)
     if name in ("train", "shift_reference"):  # the shareable record of the run's current weights
         meta = json.loads((prov.weights_dir(paths, name, run_id) / "model.json").read_text())
         from .atomic import write_json

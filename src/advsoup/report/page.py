@@ -2,14 +2,15 @@
 
 Nothing on the page is typed by hand: the tables are the report's CSV files,
 the figures are linked from the report, and the header says when and at
-which commit the page was made and which checkpoints the numbers come from.
+which commit the page was made, which checkpoints the numbers come from and
+which code computed the metric files.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
-import subprocess
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional
@@ -18,19 +19,26 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..config import Paths, grid_run_ids
+from ..provenance import KEY, code_version
 from .aggregate import attack_label
 
 
-def _commit() -> str:
-    """The commit the page was made at, with '+ uncommitted changes' when the tree differs from it."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{sha} + uncommitted changes" if dirty else sha
+def _code_label(code: Dict[str, str]) -> str:
+    """A code version as the page names it: its commit, and where that is not the whole story its source hash."""
+    clean = " + " not in code["commit"] and not code["commit"].startswith("unknown")
+    return code["commit"] if clean else f"{code['commit']} (source sha256 {code['source_sha256'][:12]})"
+
+
+def _code_versions(paths: Paths) -> str:
+    """Which code computed the experiment's metric files, with how many records each."""
+    counts: Counter = Counter()
+    for path in sorted((paths.root / "metrics").rglob("*.json")):
+        prov = json.loads(path.read_text()).get(KEY) or {}
+        counts[_code_label(prov["code"]) if "code" in prov else None] += 1
+    versions = [f"{label}: {n}" for label, n in counts.items() if label is not None]
+    if counts[None]:
+        versions.append(f"not recorded (written before records named their code): {counts[None]}")
+    return "; ".join(versions) or "no metric files"
 
 
 def _fmt(col: str, value) -> str:
@@ -77,11 +85,14 @@ def write_page(paths: Paths, page: Path, setting_of: Optional[SimpleNamespace] =
     robust = (f" Robust accuracy in the tables: {attack_label(summary['attack'])} unless a column names another "
               f"attack." if summary else "")
     parts = [f"# Results: experiment `{paths.cfg.experiment}`", "",
-             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at commit {_commit()} by "
+             f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC with the code at "
+             f"{_code_label(code_version())} by "
              f"`advsoup results_page --config params/experiments/{paths.cfg.experiment}.yaml`, from "
              f"`{paths.report}/`. Seeds: {', '.join(map(str, seeds))}.{robust}", "",
              "Every number below was computed from these checkpoints (run, sha256 prefix; "
-             "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", ""]
+             "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", "",
+             "Code that computed the metric files (records per version; recorded for the reader, never compared: "
+             "a code change reruns nothing by itself): " + _code_versions(paths) + ".", ""]
     if regime.is_file():
         from .regime import page_section
 
