@@ -14,6 +14,7 @@ Debian's chromium is in the `test` group of scripts/system-packages.sh (`make te
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -80,10 +81,8 @@ def chromium(args: list[str], page: Path, tmp: Path, env: dict) -> subprocess.Co
     return sh([exe, *CHROMIUM, f"--user-data-dir={profile}", *args, page.as_uri()], tmp, env, timeout=180)
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory) -> SimpleNamespace:
-    """`dvc plots diff HEAD~1 HEAD` of two commits of hand-written tables, with the offline template."""
-    root = tmp_path_factory.mktemp("plots")
+def plots_repo(root: Path, exp: str) -> tuple[Path, dict]:
+    """A git repository holding dvc.yaml, .dvc/ and params/ as the working tree has them, set to ``exp``."""
     env = {k: v for k, v in os.environ.items() if k != "ADVSOUP_OVERRIDES"}
     env.update(PATH=f"{BIN}:{env['PATH']}", HOME=str(root), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
@@ -93,8 +92,16 @@ def page(tmp_path_factory) -> SimpleNamespace:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
     pipeline = repo / "params" / "pipeline.yaml"
-    pipeline.write_text(re.sub(r"(?m)^exp: \w+$", f"exp: {EXP}", pipeline.read_text()))
+    pipeline.write_text(re.sub(r"(?m)^exp: \w+$", f"exp: {exp}", pipeline.read_text()))
     sh(["git", "init", "-q"], repo, env)
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> SimpleNamespace:
+    """`dvc plots diff HEAD~1 HEAD` of two commits of hand-written tables, with the offline template."""
+    root = tmp_path_factory.mktemp("plots")
+    repo, env = plots_repo(root, EXP)
     for rev in ("HEAD~1", "HEAD"):
         write_tables(repo, rev)
         sh(["git", "add", "-A"], repo, env)
@@ -108,6 +115,21 @@ def page(tmp_path_factory) -> SimpleNamespace:
     out = root / "plots"
     sh(["dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", str(out), *flag], repo, env)
     return SimpleNamespace(root=root, env=env, html=out / "index.html", configured=configured)
+
+
+def test_every_figure_an_experiment_draws_is_a_plot(tmp_path):
+    # an experiment that asks one question (report.targets: [regime]) draws its own figure and no soup curve
+    repo, env = plots_repo(tmp_path, "regime")
+    figures = repo / "results" / "regime" / "report" / "figures"
+    figures.mkdir(parents=True)
+    for name in ("regime", "adapters"):
+        Image.new("RGB", (60, 40), (170, 170, 170)).save(figures / f"{name}.png")
+    shown = sh(["dvc", "plots", "show", "--json"], repo, env).stdout
+    data = json.loads(shown[shown.index("{"):])
+    drawn = {Path(name).name for name, entries in data["data"].items() if entries}
+    assert drawn == {"regime.png", "adapters.png"}, data["data"].keys()
+    # what fails to load is only the soup and training tables this experiment has no data for
+    assert {Path(e["source"]).name for e in data.get("errors", [])} == {"soups.csv", "training.csv"}
 
 
 def test_the_template_inlines_vega_and_leaves_out_dvcs_cdn_scripts():
