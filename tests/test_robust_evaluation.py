@@ -195,6 +195,42 @@ def test_the_apgd_ensemble_counts_an_image_robust_only_if_it_survives_both_losse
     assert load_config([EXPERIMENTS_DIR / "tiny.yaml"], ["evaluate.attack.method=apgd-ce+apgd-dlr"])
 
 
+def test_apgd_t_in_the_ensemble_finds_what_the_untargeted_losses_miss(token):
+    """evaluate.attack.method: apgd-ce+apgd-t (AutoAttack's first two attacks, fewer steps): APGD-T runs on the
+    images APGD-CE left robust, towards evaluate.attack.target_classes runner-up classes; more targets never
+    leave more images robust, and the record says how many targets ran."""
+    from advsoup.robust.evaluate import pgd_record, robust_flags
+
+    model, x, y, cfg, _ = token
+    n = 60
+
+    def flags(method, **kw):
+        attack = dataclasses.replace(cfg.evaluate.attack, method=method, steps=10, **kw)
+        return robust_flags(model, x[:n], y[:n], 0.0, dataclasses.replace(cfg.evaluate, attack=attack), CPU), attack
+
+    ce, _ = flags("apgd-ce")
+    one, _ = flags("apgd-ce+apgd-t", target_classes=1)
+    nine, attack = flags("apgd-ce+apgd-t")
+    print({"apgd-ce": int(ce.sum()), "+apgd-t x1": int(one.sum()), "+apgd-t x9": int(nine.sum())})
+    assert not (nine & ~ce).any() and not (nine & ~one).any()  # an AND with APGD-CE; 9 targets include the first
+    assert int(nine.sum()) < int(ce.sum())  # the targeted loss breaks images APGD-CE-10 left robust
+    record = pgd_record(attack, n)
+    assert record["name"] == "APGD-CE-10+APGD-T-10" and record["target_classes"] == 9
+    assert "target_classes" not in pgd_record(dataclasses.replace(attack, method="apgd-ce+apgd-dlr"), n)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["evaluate.attack.method=apgd-t+apgd-t"], "evaluate.attack.method"),
+    (["evaluate.attack.method=apgd-ce+pgd"], "evaluate.attack.method"),
+    (["evaluate.attack.method=apgd-ce", "evaluate.attack.target_classes=3"], "evaluate.attack.target_classes"),
+    (["evaluate.attack.method=apgd-t", "evaluate.attack.target_classes=0"], "evaluate.attack.target_classes"),
+    (["train.attack.target_classes=3"], "train.attack.target_classes"),
+])
+def test_a_bad_sweep_attack_names_its_key(overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config([EXPERIMENTS_DIR / "tiny.yaml"], overrides)
+
+
 def test_pgd_agrees_with_the_adversarial_robustness_toolbox(token):
     """Same model, images, eps, steps, step size and random start: within 1.5 points of ART's PGD."""
     from art.attacks.evasion import ProjectedGradientDescentPyTorch

@@ -23,9 +23,11 @@ VIT_ADAPTERS = ("none", "token", "layernorm", "bias", "head")
 RESNET_ADAPTERS = ("none", "batchnorm")
 FAMILIES = ("vit", "resnet")
 NORMS = ("linf", "l2")
-# evaluation attacks (advsoup.robust); training always runs PGD. apgd-ce+apgd-dlr: both, an image robust only if
-# it survives each (advsoup.robust.stream.attack_batch)
-ATTACK_METHODS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-ce+apgd-dlr")
+# evaluation attacks (advsoup.robust); training always runs PGD. pgd, or APGD attacks joined by '+' (e.g.
+# apgd-ce+apgd-dlr): an image robust only if it survives each, run in the order given
+# (advsoup.robust.stream.attack_batch)
+APGD_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t")
+ATTACK_METHODS = ("pgd", *APGD_ATTACKS, "apgd-ce+apgd-dlr", "apgd-ce+apgd-t", "apgd-ce+apgd-dlr+apgd-t")
 ATTACK_MODEL_MODES = ("eval", "train")  # the network the training attack sees (see advsoup.robust.attacks)
 AUTOATTACK_VERSIONS = ("standard", "plus", "custom")
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
@@ -119,6 +121,9 @@ class AttackConfig:
     step_size: float = 0.05
     random_start: bool = True
     restarts: int = 1
+    # apgd-t only: how many target classes (the clean prediction's runner-ups) APGD-T tries; None = AutoAttack's 9
+    # (at most classes - 1)
+    target_classes: Optional[int] = None
 
 
 @dataclass
@@ -327,9 +332,23 @@ def _check(ok: bool, source: str, key: str, what: str) -> None:
         raise ConfigError(f"{source}: bad value for '{key}': {what}")
 
 
+def _attack_method_ok(method: str) -> bool:
+    parts = method.split("+")
+    return method == "pgd" or (all(p in APGD_ATTACKS for p in parts) and len(set(parts)) == len(parts))
+
+
 def _validate_attack(a: AttackConfig, key: str, source: str) -> None:
-    _check(a.method in (ATTACK_METHODS if key == "evaluate.attack" else ("pgd",)), source, f"{key}.method",
-           f"'{a.method}' is not one of {ATTACK_METHODS if key == 'evaluate.attack' else ('pgd',)}")
+    if key == "evaluate.attack":
+        _check(_attack_method_ok(a.method), source, f"{key}.method",
+               f"'{a.method}' is neither pgd nor APGD attacks joined by '+', each once, from {APGD_ATTACKS} "
+               f"(e.g. {ATTACK_METHODS[4:]})")
+    else:
+        _check(a.method == "pgd", source, f"{key}.method", f"'{a.method}' is not one of ('pgd',)")
+    _check(a.target_classes is None or "apgd-t" in a.method.split("+"), source, f"{key}.target_classes",
+           f"{a.target_classes} target classes, but {key}.method '{a.method}' has no apgd-t to use them; "
+           f"remove the key or add apgd-t")
+    _check(a.target_classes is None or a.target_classes >= 1, source, f"{key}.target_classes",
+           f"{a.target_classes} < 1")
     _check(a.norm in NORMS, source, f"{key}.norm", f"'{a.norm}' is not one of {NORMS}")
     _check(a.eps >= 0, source, f"{key}.eps", f"{a.eps} < 0; use eps >= 0 (0 disables the attack)")
     _check(a.steps >= 0, source, f"{key}.steps", f"{a.steps} < 0")

@@ -64,24 +64,36 @@ def record(aa: Any, cfg: AutoAttackConfig, attack: AttackConfig, subset: int) ->
 
 def apgd_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,
                device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Per image, correct clean and under APGD (``attack.method``: apgd-ce, AutoAttack's first attack, or
-    apgd-dlr, the same on the scale-free DLR margin loss) with ``attack.steps`` iterations and
+    """Per image, correct clean and under APGD (``attack.method``: apgd-ce, AutoAttack's first attack; apgd-dlr,
+    the same on the scale-free DLR margin loss; or apgd-t, AutoAttack's second: APGD on the targeted DLR loss
+    towards each of ``attack.target_classes`` runner-up classes in turn) with ``attack.steps`` iterations and
     ``attack.restarts`` restarts: the sweep attacks other than PGD.
 
     Its step size adapts (from 2 eps, halved when the loss stalls) and it keeps
     each image's best point, so it needs no step size tuned per model.
     """
-    from pyautoattack.autopgd_base import APGDAttack
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
     x, y = x.to(device), y.to(device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), eval_mode(model):  # the package seeds the global RNG
-        apgd = APGDAttack(AtWeight(model, w), n_iter=attack.steps, norm=PACKAGE_NORMS[attack.norm], eps=attack.eps,
-                          n_restarts=attack.restarts, seed=seed, loss=attack.method.removeprefix("apgd-"),
-                          device=device)
+        common = dict(n_iter=attack.steps, norm=PACKAGE_NORMS[attack.norm], eps=attack.eps,
+                      n_restarts=attack.restarts, seed=seed, device=device)
+        if attack.method == "apgd-t":
+            with torch.no_grad():
+                classes = model(x[:1], w).shape[1]
+            apgd = APGDAttack_targeted(AtWeight(model, w), n_target_classes=target_classes(attack, classes),
+                                       **common)
+        else:
+            apgd = APGDAttack(AtWeight(model, w), loss=attack.method.removeprefix("apgd-"), **common)
         x_adv = apgd.perturb(x, y)
         with torch.no_grad():
             return ((model(x, w).argmax(1) == y) & (model(x_adv, w).argmax(1) == y)).cpu()
+
+
+def target_classes(attack: AttackConfig, classes: int) -> int:
+    """APGD-T's target classes: ``attack.target_classes`` or AutoAttack's 9, at most every other class."""
+    return min(attack.target_classes or 9, classes - 1)
 
 
 def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,

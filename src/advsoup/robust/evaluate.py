@@ -68,9 +68,12 @@ def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
 
 
 def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
+    """The sweep attack's record; APGD-T's target classes only where it runs (records of the other attacks stay
+    as they were): the configured number, AutoAttack's 9 when unset (the attack caps it at classes - 1)."""
+    targeted = {"target_classes": a.target_classes or 9} if "apgd-t" in a.method.split("+") else {}
     return {"name": "+".join(f"{m.upper()}-{a.steps}" for m in a.method.split("+")), "norm": a.norm,
             "eps": a.eps, "steps": a.steps, "step_size": a.step_size, "restarts": a.restarts,
-            "random_start": a.random_start, "subset": n_robust}
+            "random_start": a.random_start, "subset": n_robust, **targeted}
 
 
 def clean_accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, batch_size: int,
