@@ -134,8 +134,10 @@ def masking_summary(records: Sequence[Dict[str, Any]], runs: Dict[str, Dict[str,
 
 
 def attack_label(a: Dict[str, Any]) -> str:
-    """'<name> <norm> eps=<eps> on <n> images': how tables and `advsoup where` name an attack."""
-    return f"{a['name']} {a['norm']} eps={a['eps']:g} on {a['subset']} images"
+    """'<name> <norm> eps=<eps> on <n> images': how tables and `advsoup where` name an attack (APGD-T in a sweep
+    attack with its number of target classes)."""
+    targets = f" ({a['target_classes']} targets)" if isinstance(a.get("target_classes"), int) else ""
+    return f"{a['name']}{targets} {a['norm']} eps={a['eps']:g} on {a['subset']} images"
 
 
 def robustness_columns(run: Dict[str, Any], pgd: Dict[str, Any] | None) -> Dict[str, Any]:

@@ -29,8 +29,9 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
 
 
 def _attack_label(attack: Dict[str, Any]) -> str:
+    targets = f", {attack['target_classes']} APGD-T targets" if isinstance(attack.get("target_classes"), int) else ""
     return (f"{attack['name']} {attack['norm']} eps={attack['eps']:g}, "
-            f"{attack['restarts']} restart(s), {attack['subset']} test images")
+            f"{attack['restarts']} restart(s){targets}, {attack['subset']} test images")
 
 
 def soup_curve(summary_path: Path, tables_dir: Path, out: Path) -> Path:
