@@ -29,7 +29,8 @@ def lints(text):
 def main(argv):
     configfile = argv[0] if argv else "params/experiments/demo.yaml"
     proc = subprocess.run(
-        ["snakemake", "--lint", "--configfile", configfile], capture_output=True, text=True
+        # this interpreter's snakemake: the one `make setup` installed, whatever PATH holds
+        [sys.executable, "-m", "snakemake", "--lint", "--configfile", configfile], capture_output=True, text=True
     )
     report = proc.stdout + proc.stderr
     found = lints(report)
