@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -136,8 +136,14 @@ def masking_summary(records: Sequence[Dict[str, Any]], runs: Dict[str, Dict[str,
 def attack_label(a: Dict[str, Any]) -> str:
     """'<name> <norm> eps=<eps> on <n> images': how tables and `advsoup where` name an attack (APGD-T in a sweep
     attack with its number of target classes)."""
-    targets = f" ({a['target_classes']} targets)" if isinstance(a.get("target_classes"), int) else ""
+    targets = f" ({sweep_targets(a)} targets)" if sweep_targets(a) else ""
     return f"{a['name']}{targets} {a['norm']} eps={a['eps']:g} on {a['subset']} images"
+
+
+def sweep_targets(a: Dict[str, Any]) -> Optional[int]:
+    """APGD-T's number of target classes in a sweep attack's record (AutoAttack's record lists them per attack)."""
+    targets = a.get("target_classes")
+    return targets if isinstance(targets, int) else None
 
 
 def robustness_columns(run: Dict[str, Any], pgd: Dict[str, Any] | None) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ import seaborn as sns  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
 from ..config import FAMILIES  # noqa: E402
-from .aggregate import aa_subset_of  # noqa: E402
+from .aggregate import aa_subset_of, sweep_targets  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
@@ -29,7 +29,7 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
 
 
 def _attack_label(attack: Dict[str, Any]) -> str:
-    targets = f", {attack['target_classes']} APGD-T targets" if isinstance(attack.get("target_classes"), int) else ""
+    targets = f", {sweep_targets(attack)} APGD-T targets" if sweep_targets(attack) else ""
     return (f"{attack['name']} {attack['norm']} eps={attack['eps']:g}, "
             f"{attack['restarts']} restart(s){targets}, {attack['subset']} test images")
 

@@ -91,9 +91,12 @@ def apgd_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, 
             return ((model(x, w).argmax(1) == y) & (model(x_adv, w).argmax(1) == y)).cpu()
 
 
+AUTOATTACK_TARGETS = 9  # APGD-T's target classes in AutoAttack's standard version
+
+
 def target_classes(attack: AttackConfig, classes: int) -> int:
     """APGD-T's target classes: ``attack.target_classes`` or AutoAttack's 9, at most every other class."""
-    return min(attack.target_classes or 9, classes - 1)
+    return min(attack.target_classes or AUTOATTACK_TARGETS, classes - 1)
 
 
 def robust_flags(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor, w: float, attack: AttackConfig,

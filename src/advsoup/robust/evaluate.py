@@ -33,6 +33,7 @@ from ..logs import setup_logging
 from ..models import build_model
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
+from .autoattack import AUTOATTACK_TARGETS
 from .stream import Images, Measure, Partial, TensorImages, open_images
 
 
@@ -70,7 +71,7 @@ def attack_record(ev: EvaluateConfig, n_robust: int) -> Dict[str, Any]:
 def pgd_record(a: AttackConfig, n_robust: int) -> Dict[str, Any]:
     """The sweep attack's record; APGD-T's target classes only where it runs (records of the other attacks stay
     as they were): the configured number, AutoAttack's 9 when unset (the attack caps it at classes - 1)."""
-    targeted = {"target_classes": a.target_classes or 9} if "apgd-t" in a.method.split("+") else {}
+    targeted = {"target_classes": a.target_classes or AUTOATTACK_TARGETS} if "apgd-t" in a.method.split("+") else {}
     return {"name": "+".join(f"{m.upper()}-{a.steps}" for m in a.method.split("+")), "norm": a.norm,
             "eps": a.eps, "steps": a.steps, "step_size": a.step_size, "restarts": a.restarts,
             "random_start": a.random_start, "subset": n_robust, **targeted}
