@@ -69,6 +69,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv(path: str | os.PathLike, table: Any, **to_csv: Any) -> None:
+    """A pandas DataFrame as CSV without its index (pandas is imported by the caller, not here: the
+    training path imports this module)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, **to_csv)
+
+
 def sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

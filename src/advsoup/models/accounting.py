@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_csv, write_json
 from ..config import RESNET_ADAPTERS, VIT_ADAPTERS, ModelConfig
 from .adapters import AdaptedModel
 from .resnet import create_resnet, create_resnet50
@@ -109,7 +109,6 @@ def write_accounting(model: ModelConfig, table: Path, summary: Path) -> Dict[str
     metrics drop lists), and the paper check."""
     rows = parameter_table(model)
     check = paper_check(rows)
-    with atomic_path(table) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_csv(table, pd.DataFrame(rows))
     write_json(summary, {"adapters": {f"{r['network']} {r['adapter']}": r for r in rows}, "paper_check": check})
     return check

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_csv, write_json
 from ..stats import mean_std
 from ..config import ADAPTERS, FAMILIES, TRAININGS
 
@@ -248,8 +248,7 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("runs", pd.DataFrame(rows)), ("soups", pd.DataFrame(soup_rows)),
                         ("soups_validation", pd.DataFrame(val_rows)), ("adapters", table)):
-        with atomic_path(tables_dir / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        write_csv(tables_dir / f"{name}.csv", frame)
     write_json(summary_path, summary)
     return summary
 
@@ -263,6 +262,5 @@ def training_table(history_files: Dict[str, Path], out: Path) -> pd.DataFrame:
         frames.append(pd.read_csv(path).assign(run=run_id))
     table = pd.concat(frames, ignore_index=True)
     table = table[["run"] + [c for c in table.columns if c != "run"]]
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(out, table)
     return table

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..atomic import atomic_path, write_json  # noqa: E402
+from ..atomic import write_csv, write_json  # noqa: E402
 from ..config import BENCHMARK_CORRUPTIONS  # noqa: E402
 from ..shift.names import REAL_METHODS, REAL_SETS  # noqa: E402
 from ..stats import mean_std  # noqa: E402
@@ -140,8 +140,7 @@ def real_shift_tables(files: Sequence[Path], tables_dir: Path, summary_path: Pat
                 paper_rows.append(row)
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("shift_real", curve_rows), ("shift_real_draws", draw_rows), ("shift_real_paper", paper_rows)):
-        with atomic_path(tables_dir / f"{name}.csv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        write_csv(tables_dir / f"{name}.csv", pd.DataFrame(rows))
     write_json(summary_path, summary)
     return summary
 

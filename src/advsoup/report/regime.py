@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_csv, write_json
 from ..stats import mean_std
 from .aggregate import variant_name
 
@@ -263,8 +263,7 @@ def regime_report(experiment: str, eval_files: Sequence[Path], summary_path: Pat
         raise ValueError(f"{experiment}: no run to compare with a nominal one: the regime report needs nominal "
                          f"runs and co-trained runs of the same family, training-set size and epochs")
     table_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(table_path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.5g")
+    write_csv(table_path, table, float_format="%.5g")
     regime_figure(runs, table, figure_path, experiment)
     summary = {"experiment": experiment,
                "gain": "clean accuracy in clean mode (w=0) minus the nominal model's of the same seed, family, "

@@ -23,7 +23,7 @@ import seaborn as sns  # noqa: E402
 
 from ..stats import mean_std  # noqa: E402
 from .aggregate import variant_name  # noqa: E402
-from ..atomic import atomic_path, write_json  # noqa: E402
+from ..atomic import write_csv, write_json  # noqa: E402
 from ..config import CORRUPTIONS  # noqa: E402
 from .figures import save_figure  # noqa: E402
 from ..shift.names import AVERAGE, MEAN_CORRUPTION, METHODS  # noqa: E402
@@ -97,8 +97,7 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
             "kshot_gain_over_clean": mean_std(gain)}
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("shift", acc_rows), ("shift_adaptation", adapt_rows), ("shift_draws", draw_rows)):
-        with atomic_path(tables_dir / f"{name}.csv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        write_csv(tables_dir / f"{name}.csv", pd.DataFrame(rows))
     write_json(summary_path, summary)
     return summary
 
