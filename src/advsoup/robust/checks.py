@@ -4,7 +4,9 @@ A masked or obfuscated gradient makes PGD weak and the robust accuracy too
 high. The classic symptoms (Athalye et al. 2018; Carlini et al. 2019, "On
 evaluating adversarial robustness") are tested on the first
 ``evaluate.robustness.subset`` test images, at each soup weight of
-``evaluate.robustness.weights``:
+``evaluate.robustness.weights``. "PGD" in the check names and below is the
+sweep attack, ``evaluate.attack``, whichever it is (PGD, or APGD attacks as
+in the demo and the study):
 
 * ``eps_non_increasing``: robust accuracy does not rise as eps grows (eps as
   multiples of ``evaluate.attack.eps``; the step size scales with eps, the
