@@ -8,7 +8,10 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # pandas only for the annotation: the training path imports this module
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -69,9 +72,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_csv(path: str | os.PathLike, table: Any, **to_csv: Any) -> None:
-    """A pandas DataFrame as CSV without its index (pandas is imported by the caller, not here: the
-    training path imports this module)."""
+def write_csv(path: str | os.PathLike, table: pd.DataFrame, **to_csv: Any) -> None:
+    """A table as CSV without its index."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, **to_csv)
 

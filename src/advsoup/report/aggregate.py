@@ -136,7 +136,7 @@ def masking_summary(records: Sequence[Dict[str, Any]], runs: Dict[str, Dict[str,
 def attack_label(a: Dict[str, Any]) -> str:
     """'<name> <norm> eps=<eps> on <n> images': how tables and `advsoup where` name an attack (APGD-T in a sweep
     attack with its number of target classes)."""
-    targets = f" ({sweep_targets(a)} targets)" if sweep_targets(a) else ""
+    targets = f" ({n} targets)" if (n := sweep_targets(a)) else ""
     return f"{a['name']}{targets} {a['norm']} eps={a['eps']:g} on {a['subset']} images"
 
 
@@ -245,7 +245,6 @@ def aggregate(experiment: str, eval_files: Sequence[Path], soup_files: Sequence[
     summary = {"experiment": experiment, "attack": attack, "runs": runs, "variants": variants}
     if masking:
         summary["masking_checks"] = masking
-    tables_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("runs", pd.DataFrame(rows)), ("soups", pd.DataFrame(soup_rows)),
                         ("soups_validation", pd.DataFrame(val_rows)), ("adapters", table)):
         write_csv(tables_dir / f"{name}.csv", frame)

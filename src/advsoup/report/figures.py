@@ -29,7 +29,7 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
 
 
 def _attack_label(attack: Dict[str, Any]) -> str:
-    targets = f", {sweep_targets(attack)} APGD-T targets" if sweep_targets(attack) else ""
+    targets = f", {n} APGD-T targets" if (n := sweep_targets(attack)) else ""
     return (f"{attack['name']} {attack['norm']} eps={attack['eps']:g}, "
             f"{attack['restarts']} restart(s){targets}, {attack['subset']} test images")
 

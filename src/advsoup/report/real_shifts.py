@@ -138,7 +138,6 @@ def real_shift_tables(files: Sequence[Path], tables_dir: Path, summary_path: Pat
                 row[column], row[f"{column} std"] = (s["mean"], s["std"]) if s else (None, None)
             if any(v is not None for k, v in row.items() if k not in ("variant", "method")):
                 paper_rows.append(row)
-    tables_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("shift_real", curve_rows), ("shift_real_draws", draw_rows), ("shift_real_paper", paper_rows)):
         write_csv(tables_dir / f"{name}.csv", pd.DataFrame(rows))
     write_json(summary_path, summary)

@@ -262,7 +262,6 @@ def regime_report(experiment: str, eval_files: Sequence[Path], summary_path: Pat
     if table.empty:
         raise ValueError(f"{experiment}: no run to compare with a nominal one: the regime report needs nominal "
                          f"runs and co-trained runs of the same family, training-set size and epochs")
-    table_path.parent.mkdir(parents=True, exist_ok=True)
     write_csv(table_path, table, float_format="%.5g")
     regime_figure(runs, table, figure_path, experiment)
     summary = {"experiment": experiment,

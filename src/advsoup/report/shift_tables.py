@@ -95,7 +95,6 @@ def shift_tables(shift_files: Sequence[Path], tables_dir: Path, summary_path: Pa
             **meta[variant], "samples": len(gain),
             "average": {m: mean_std(per[m]) for m in METHODS},
             "kshot_gain_over_clean": mean_std(gain)}
-    tables_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("shift", acc_rows), ("shift_adaptation", adapt_rows), ("shift_draws", draw_rows)):
         write_csv(tables_dir / f"{name}.csv", pd.DataFrame(rows))
     write_json(summary_path, summary)
