@@ -21,7 +21,6 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 120) -> Path:
     """Lay out, write atomically as PNG, and close."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
