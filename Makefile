@@ -39,9 +39,12 @@ demo: setup
 	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/demo.yaml
 	@advsoup where --config params/experiments/demo.yaml
 
+# BATCH=i/n: only the i-th of n parts of the per-run metric files (Snakemake's --batch), for a study longer
+# than a session or an allocation: 1/n .. n/n, then `make study` without BATCH makes the report.
 study: setup
 	@advsoup runs --config params/experiments/study.yaml > /dev/null
-	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/study.yaml
+	snakemake $(PROFILE_LOCAL) --cores $(CORES) --configfile params/experiments/study.yaml \
+		$(if $(BATCH),metrics --batch metrics=$(BATCH))
 	@advsoup where --config params/experiments/study.yaml
 
 # Issue 15: where does co-training raise clean accuracy? Train + evaluate + the regime report only
