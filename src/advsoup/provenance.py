@@ -7,10 +7,13 @@ Whether an output is current is decided from those records alone, so it holds
 in a fresh clone, after ``dvc pull`` and after ``git checkout``: file times
 and Snakemake's metadata decide nothing.
 
-A record also says which code computed it (``code``: :func:`code_version`).
-That is for the reader and is never compared: a code change reruns nothing by
-itself (``snakemake --forcerun <rule>`` after a fix), so the results page
-lists the code versions its metric files come from.
+A record also says which code computed it (``code``: :func:`code_version`)
+and, for a stage that computes (not a report), on what (``platform``: CPU and
+its vector instructions or GPU, torch, threads; :func:`advsoup.runtime.platform_record`).
+Both are for the reader and never compared: a code change reruns nothing by
+itself (``snakemake --forcerun <rule>`` after a fix), and the same code and
+seed give bitwise equal numbers only on the same kind of machine, so the
+results page lists the code versions and platforms its metric files come from.
 
 Snakemake learns the verdict through one input per compute job, a *currency
 stamp* (``<logs>/currency/<stage>[-<run>]``) whose time is set when the DAG is

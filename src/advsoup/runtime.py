@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -125,6 +126,28 @@ def set_threads(threads: int, tasks_on_node: int = 1) -> None:
     n = (threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or int(os.environ.get(JOB_CPUS_ENV, 0))
          or len(os.sched_getaffinity(0)) // tasks_on_node)
     torch.set_num_threads(max(1, n))
+
+
+def platform_record() -> Dict[str, Any]:
+    """What computed a result besides the code and the config, for its record: the same code and seed give bitwise
+    the same numbers only on the same kind of machine (torch picks kernels by the CPU's vector instructions
+    (``cpu_capability``) or the GPU, and sums in an order that depends on the thread count)."""
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads(),
+            "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux: the marketing name; platform.processor() is often just the arch
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _port(job_id: str) -> int:

@@ -539,6 +539,10 @@ def run(cfg: Config, name: str, run_id: Optional[str] = None, set_key: Optional[
     if rec is None or not _main_task():
         return
     provenance = prov.record(cfg, name, run_id, loaded, set_key, code)
+    if not stage.report:  # after the run: the threads it ran on (a report stage computes nothing hardware-bound)
+        from .runtime import platform_record
+
+        provenance["platform"] = platform_record()
     if name in ("train", "shift_reference"):  # the shareable record of the run's current weights
         meta = json.loads((prov.weights_dir(paths, name, run_id) / "model.json").read_text())
         from .atomic import write_json

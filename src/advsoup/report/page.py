@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pandas as pd
 
@@ -29,16 +29,34 @@ def _code_label(code: Dict[str, str]) -> str:
     return code["commit"] if clean else f"{code['commit']} (source sha256 {code['source_sha256'][:12]})"
 
 
-def _code_versions(paths: Paths) -> str:
-    """Which code computed the experiment's metric files, with how many records each."""
+def _platform_label(plat: Dict[str, Any]) -> str:
+    """A platform as the page names it: GPU or CPU (with its vector instructions), torch, threads, ranks."""
+    device = plat["gpu"] or f"{plat['cpu']} ({plat['cpu_capability']})"
+    ranks = f" x {plat['world_size']} ranks" if plat.get("world_size", 1) > 1 else ""
+    return f"{device}, torch {plat['torch']}, {plat['threads']} thread{'s' * (plat['threads'] != 1)}{ranks}"
+
+
+def _record_counts(paths: Paths, key: str, label: Callable[[Dict[str, Any]], str], missing: str) -> str:
+    """How many of the experiment's metric files record each value of their provenance's ``key``."""
     counts: Counter = Counter()
     for path in sorted((paths.root / "metrics").rglob("*.json")):
         prov = json.loads(path.read_text()).get(KEY) or {}
-        counts[_code_label(prov["code"]) if "code" in prov else None] += 1
-    versions = [f"{label}: {n}" for label, n in counts.items() if label is not None]
+        counts[label(prov[key]) if key in prov else None] += 1
+    versions = [f"{text}: {n}" for text, n in counts.items() if text is not None]
     if counts[None]:
-        versions.append(f"not recorded (written before records named their code): {counts[None]}")
+        versions.append(f"{missing}: {counts[None]}")
     return "; ".join(versions) or "no metric files"
+
+
+def _code_versions(paths: Paths) -> str:
+    """Which code computed the experiment's metric files, with how many records each."""
+    return _record_counts(paths, "code", _code_label, "not recorded (written before records named their code)")
+
+
+def _platforms(paths: Paths) -> str:
+    """On what the experiment's metric files were computed, with how many records each."""
+    return _record_counts(paths, "platform", _platform_label,
+                          "not recorded (written before records named their platform)")
 
 
 def _fmt(col: str, value) -> str:
@@ -92,7 +110,9 @@ def write_page(paths: Paths, page: Path, setting_of: Optional[SimpleNamespace] =
              "Every number below was computed from these checkpoints (run, sha256 prefix; "
              "aggregation refuses a metric computed from any other): " + "; ".join(_checkpoints(paths)) + ".", "",
              "Code that computed the metric files (records per version; recorded for the reader, never compared: "
-             "a code change reruns nothing by itself): " + _code_versions(paths) + ".", ""]
+             "a code change reruns nothing by itself): " + _code_versions(paths) + ".", "",
+             "Platforms that computed them (bitwise equal numbers need the same kind of machine; recorded, never "
+             "compared): " + _platforms(paths) + ".", ""]
     if regime.is_file():
         from .regime import page_section
 
