@@ -1,5 +1,6 @@
 """The shift stages in process on the tiny experiment: hard subset, every set at every weight, tables, figure."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,9 @@ from advsoup.cli import main
 from advsoup.config import EXPERIMENTS_DIR, Paths, load_config, shift_reference_run, split_run_id
 from advsoup.shift.suite import SuiteJob, load_sets, run_suite
 from advsoup.robust.evaluate import clean_accuracy, load_run
-from advsoup.shift.evaluate import HardJob, ShiftJob, build_hard_subset, run_shift
+from advsoup.robust.stream import partial_path
+from advsoup.shift import evaluate as shift_evaluate
+from advsoup.shift.evaluate import HardJob, ShiftJob, build_hard_subset, partial_key, run_shift
 from advsoup.report.shift_tables import shift_figure, shift_tables
 from advsoup.train import TrainJob, train
 
@@ -81,6 +84,47 @@ def test_adaptation_numbers_are_paired_and_bounded_by_the_oracle(done):
     avg = out["token-s0"]["groups"]["average"]
     gain = np.array(avg["per_draw"]["kshot_soup"]) - np.array(avg["per_draw"]["clean_mode"])
     assert avg["adaptation"]["kshot_gain_over_clean"]["mean"] == pytest.approx(gain.mean(), abs=1e-4)
+
+
+def test_an_interrupted_shift_job_continues_from_its_partial_file_to_the_uninterrupted_numbers(done, tmp_path,
+                                                                                               monkeypatch):
+    cfg, paths, *_ = done
+    _, run, seed = split_run_id(cfg, "token-s0")
+    job = ShiftJob("token-s0", run, seed, cfg.model, cfg.evaluate, cfg.shift, paths.shift_suite, paths.shift_hard,
+                   paths.run_dir("token-s0"), tmp_path / "shift.json")
+    scored, real, preempt = [], shift_evaluate._adapt, [True]
+
+    def preempted_at_the_third_set(model, x, y, correct, loss, weights, name, *rest):
+        scored.append(name)
+        if preempt[0] and len(scored) == 3:
+            raise RuntimeError("preempted")
+        return real(model, x, y, correct, loss, weights, name, *rest)
+
+    monkeypatch.setattr(shift_evaluate, "_adapt", preempted_at_the_third_set)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run_shift(job)
+    assert not job.out_file.exists()
+    partial = json.loads(partial_path(job.out_file).read_text())
+    assert partial["key"] == partial_key(job) and list(partial["units"]) == scored[:2]
+
+    scored.clear()
+    preempt[0] = False
+    run_shift(job)
+    uninterrupted = json.loads(paths.shift_file("token-s0").read_text())
+    assert sorted(list(partial["units"]) + scored) == sorted(uninterrupted["sets"])  # finished: not scored again
+    assert len(scored) == 3 and json.loads(job.out_file.read_text()) == uninterrupted
+    assert not partial_path(job.out_file).exists()
+
+    # a partial file of another shift config (here another k) is discarded, not mixed in
+    other = ShiftJob(*[getattr(job, f) for f in ("run_id", "run", "seed", "model", "evaluate")],
+                     replace(cfg.shift, k=cfg.shift.k + 1), *[getattr(job, f) for f in
+                                                               ("suite_dir", "hard_dir", "run_dir", "out_file")])
+    assert partial_key(other)["config_digest"] != partial_key(job)["config_digest"]
+    partial_path(job.out_file).write_text(json.dumps({"key": partial_key(other), "units": {
+        "clean": {"acc": {"0.00": 0.0}}}, "rng": {}}))
+    scored.clear()
+    run_shift(job)
+    assert len(scored) == 5 and json.loads(job.out_file.read_text()) == uninterrupted
 
 
 def test_tables_summary_and_figure(done):

@@ -17,8 +17,6 @@ requeued or rerun job continues from there with the numbers of an uninterrupted 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -34,7 +32,7 @@ from ..models import build_model
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
 from .autoattack import AUTOATTACK_TARGETS
-from .stream import Images, Measure, Partial, TensorImages, open_images
+from .stream import Images, Measure, Partial, TensorImages, open_images, slice_digest
 
 
 @dataclass
@@ -149,12 +147,9 @@ def autoattack_vs_pgd(measure: Measure, images: Images, weights: Sequence[float]
 def partial_key(job: EvalJob) -> Dict[str, Any]:
     """What an evaluation's partial results are computed from: the digest of its config slice (the job holds the
     stage's slice, so this is the stage's config_digest) and the sha256 of the checkpoint it loads."""
-    from ..stages import _plain  # torch-free
-
-    text = json.dumps(_plain({"run": job.run, "seed": job.seed, "data": job.data, "model": job.model,
-                              "evaluate": job.evaluate}), sort_keys=True)
-    return {"stage": "evaluate" if job.soup_weights is None else "soups",
-            "config_digest": hashlib.sha256(text.encode()).hexdigest(),
+    digest = slice_digest({"run": job.run, "seed": job.seed, "data": job.data, "model": job.model,
+                           "evaluate": job.evaluate})
+    return {"stage": "evaluate" if job.soup_weights is None else "soups", "config_digest": digest,
             "checkpoint_sha256": ckpt.load_model_meta(job.run_dir).get("weights_sha256"), **order_record(job.data)}
 
 

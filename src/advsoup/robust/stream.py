@@ -25,6 +25,7 @@ patch them to interrupt an evaluation).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -140,6 +141,13 @@ def _state(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
+def slice_digest(parts: Dict[str, Any]) -> str:
+    """sha256 of a job's config slice (dataclasses, dicts; None values left out, as in the stage's digest)."""
+    from ..stages import _plain  # torch-free
+
+    return hashlib.sha256(json.dumps(_plain(parts), sort_keys=True).encode()).hexdigest()
+
+
 class Partial:
     """Finished units of an evaluation, in ``<out_file>.partial`` (None: kept in memory only).
 
@@ -161,7 +169,7 @@ class Partial:
         if isinstance(data, dict) and data.get("key") == key:
             self.units, self.rng = data.get("units", {}), data.get("rng", {})
             self.resumed = len(self.units)
-            self._say("resuming from %s: %d finished units (batches of a soup weight) are not recomputed",
+            self._say("resuming from %s: %d finished units are not recomputed",
                       self.path, self.resumed)
         else:
             self._say("discarding %s: computed from another config or checkpoint (%s), not %s", self.path,

@@ -18,6 +18,7 @@ paper's shifted test sets).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -25,14 +26,16 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from .. import checkpoint as ckpt
 from ..stats import mean_std
 from .adapt import finetune, kshot_split, predict, soup_draw
 from ..atomic import write_json
 from ..config import CORRUPTIONS, EvaluateConfig, ModelConfig, RunConfig, ShiftConfig, ShiftHardConfig, soupable
-from ..data.prepared import load_split
+from ..data.prepared import MANIFEST, load_split
 from .names import AVERAGE, CLEAN, HARD, MEAN_CORRUPTION, METHODS, SKETCH
 from .suite import load_sets, read_manifest, write_sets
 from ..robust.evaluate import load_run
+from ..robust.stream import Partial, slice_digest
 from ..logs import progress, setup_logging
 from ..models.adapters import AdaptedModel
 from ..runtime import runtime_from_env
@@ -174,6 +177,31 @@ def summarise(sets: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def _score_set(model: AdaptedModel, name: str, entry: Dict[str, Any], xy, weights: List[float], has_soup: bool,
+               shift: ShiftConfig, batch_size: int, device: torch.device, log) -> Dict[str, Any]:
+    """One shifted set's record: accuracy at every weight and, for a run with soups, every way to adapt."""
+    x, y = xy
+    correct, loss = predict(model, x, y, weights, batch_size, device)
+    rec = {**entry, "acc": {wkey(w): round(float(c.mean()), 5) for w, c in zip(weights, correct)}}
+    if has_soup:
+        rec["adaptation"] = _adapt(model, x, y, correct, loss, weights, name, shift, batch_size, device)
+    log.info("%s: clean mode %.2f%%%s", name, 100 * rec["acc"][wkey(0.0)],
+             "" if not has_soup else " | k-shot soup %.2f%% oracle %.2f%% (mean over draws)" % (
+                 100 * np.mean([r["kshot_soup"] for r in rec["adaptation"]]),
+                 100 * np.mean([r["oracle_soup"] for r in rec["adaptation"]])))
+    return rec
+
+
+def partial_key(job: ShiftJob) -> Dict[str, Any]:
+    """What a shift job's partial results are computed from: its config slice, the checkpoint it loads and the
+    shifted sets it reads (their manifests hold every array's sha256)."""
+    sets = hashlib.sha256(b"".join((d / MANIFEST).read_bytes() for d in (job.suite_dir, job.hard_dir)))
+    return {"stage": "shift", "config_digest": slice_digest({"run": job.run, "seed": job.seed, "model": job.model,
+                                                             "evaluate": job.evaluate, "shift": job.shift}),
+            "checkpoint_sha256": ckpt.load_model_meta(job.run_dir).get("weights_sha256"),
+            "sets_sha256": sets.hexdigest()}
+
+
 def run_shift(job: ShiftJob) -> Dict[str, Any]:
     rt = runtime_from_env(job.evaluate.threads)
     log = setup_logging(job.run_dir / "shift.log")
@@ -183,22 +211,22 @@ def run_shift(job: ShiftJob) -> Dict[str, Any]:
     sets = {**load_sets(job.suite_dir), **load_sets(job.hard_dir)}
     bs = job.evaluate.batch_size
     records: Dict[str, Dict[str, Any]] = {}
+    # Every finished set goes to <out_file>.partial: a requeued or rerun job continues from there with the numbers
+    # of an uninterrupted one (a set's numbers depend on it alone: its k-shot draws are seeded by its name, and
+    # every fine-tuning starts from the checkpoint's weights).
+    partial = Partial(job.out_file, partial_key(job), log)
     for name, (entry, split) in progress(sets.items(), desc=f"{job.run_id} shifts", total=len(sets)):
-        x, y = split.tensors()
-        correct, loss = predict(model, x, y, weights, bs, rt.device)
-        rec = {**entry, "acc": {wkey(w): round(float(c.mean()), 5) for w, c in zip(weights, correct)}}
-        if has_soup:
-            rec["adaptation"] = _adapt(model, x, y, correct, loss, weights, name, job.shift, bs, rt.device)
+        rec = partial.get(name)
+        if rec is None:
+            rec = _score_set(model, name, entry, split.tensors(), weights, has_soup, job.shift, bs, rt.device, log)
+            partial.put(name, rec)
         records[name] = rec
-        log.info("%s: clean mode %.2f%%%s", name, 100 * rec["acc"][wkey(0.0)],
-                 "" if not has_soup else " | k-shot soup %.2f%% oracle %.2f%% (mean over draws)" % (
-                     100 * np.mean([r["kshot_soup"] for r in rec["adaptation"]]),
-                     100 * np.mean([r["oracle_soup"] for r in rec["adaptation"]])))
     out = {"run": job.run_id, **asdict(job.run), "seed": job.seed, "soupable": has_soup,
            "weights": weights, "k": job.shift.k, "draws": job.shift.draws,
            "finetune": asdict(job.shift.finetune), "methods": list(METHODS) if has_soup else ["clean_mode"],
            "sets": records, "groups": summarise({n: r for n, r in records.items() if n != CLEAN})}
     write_json(job.out_file, out)
+    partial.finish()
     avg = out["groups"].get(AVERAGE, {}).get("adaptation")
     if avg:
         g = avg["kshot_gain_over_clean"]
