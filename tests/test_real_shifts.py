@@ -19,6 +19,8 @@ from advsoup.models import build_model
 from advsoup.report.real_shifts import ALEXNET_ERR, real_shift_figure, real_shift_tables
 from advsoup.shift.adapt import predict_batches
 from advsoup.shift.layout import RealShiftMissing, check_real_sets, class_indices, imagenet_synsets, set_wnids
+from advsoup.robust.stream import partial_path
+from advsoup.shift import real as real_shift
 from advsoup.shift.real import RealShiftJob, run_real_shift
 from advsoup.shift.suite import corrupt_image, generate_suite, load_sets
 
@@ -194,6 +196,35 @@ def test_stage_scores_every_imagenet_c_setting_at_every_weight(root, tmp_path):
             assert d["kshot_w"] in out["weights"]
     written = json.loads(_job(tmp_path, None, COTRAIN, "imagenet-c", shift).out_file.read_text())
     assert written == json.loads(json.dumps(out))
+
+
+def test_an_interrupted_imagenet_c_job_continues_from_its_partial_file_to_the_uninterrupted_numbers(
+        root, tmp_path, monkeypatch):
+    shift = _shift(root, imagenet_c__subset=4)
+    run_dir = _run_dir(tmp_path / "run", COTRAIN)
+    whole = run_real_shift(replace(_job(tmp_path, run_dir, COTRAIN, "imagenet-c", shift),
+                                   out_file=tmp_path / "uninterrupted.json"))
+    job = _job(tmp_path, run_dir, COTRAIN, "imagenet-c", shift)
+    scored, real, preempt = [], real_shift._draws, [True]
+
+    def preempted_at_the_third_setting(correct, loss, weights, key, shift_cfg):
+        scored.append(key)
+        if preempt[0] and len(scored) == 3:
+            raise RuntimeError("preempted")
+        return real(correct, loss, weights, key, shift_cfg)
+
+    monkeypatch.setattr(real_shift, "_draws", preempted_at_the_third_setting)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run_real_shift(job)
+    assert not job.out_file.exists()
+    partial = json.loads(partial_path(job.out_file).read_text())
+    assert list(partial["units"]) == scored[:2] and partial["key"]["checkpoint_sha256"]
+    scored.clear()
+    preempt[0] = False
+    out = run_real_shift(job)
+    assert scored == ["imagenet-c/contrast-1", "imagenet-c/contrast-3"]  # the finished settings are not redone
+    assert json.loads(job.out_file.read_text()) == json.loads(json.dumps(whole)) == json.loads(json.dumps(out))
+    assert not partial_path(job.out_file).exists()
 
 
 def test_stage_refuses_a_set_left_out_and_a_non_imagenet_model_and_checks_only_its_set(root, tmp_path):
